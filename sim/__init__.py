@@ -1,0 +1,1 @@
+"""mbpl_sim: MuJoCo robots, scenes, tasks and the in-process environment."""
