@@ -45,7 +45,8 @@ def _convert(path: str, tp: Any, value: Any) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(f"{path}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value)))
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(_convert(f"{path}[{i}]", a, v) for i, (a, v) in pairs)
         item_tp = args[0] if args else Any
         items = [_convert(f"{path}[{i}]", item_tp, v) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

@@ -134,7 +134,9 @@ class LinearGaussianController:
 
 @dataclass(frozen=True)
 class LinearDynamics:
-    """Fitted time-varying linear-Gaussian dynamics p(x_{t+1} | x_t, u_t) = N(Fm_t [x_t; u_t] + fv_t, dyn_covar_t).
+    """Fitted time-varying linear-Gaussian dynamics.
+
+    p(x_{t+1} | x_t, u_t) = N(Fm_t [x_t; u_t] + fv_t, dyn_covar_t).
 
     Fm: (T, dX, dX+dU); fv: (T, dX); dyn_covar: (T, dX, dX); x0mu: (dX,); x0sigma: (dX, dX).
     The last step's entries are unused by the forward pass (there is no x_{T}).

@@ -1,0 +1,163 @@
+"""Dynamics fitting: plain regression, BLR with the GMM prior, the fitter's state and input checks."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from mbpl_core.config import ConfigError, from_dict
+from mbpl_core.containers import SampleBatch, ShapeError
+from mbpl_core.dynamics import (
+    DynamicsFitConfig,
+    DynamicsFitter,
+    DynamicsPriorGMM,
+    condition_joint_gaussian,
+    fit_dynamics_with_gmm_prior,
+    fit_linear_dynamics,
+    transition_tuples,
+)
+
+T, dX, dU = 12, 4, 2
+
+
+def _batch(system, rng: np.random.Generator, N: int, noise_std: float = 0.0) -> SampleBatch:  # noqa: ANN001
+    U = rng.standard_normal((N, T, dU))
+    x0 = rng.standard_normal((N, dX))
+    noise = noise_std * rng.standard_normal((N, T, dX)) if noise_std > 0 else None
+    return SampleBatch(system.rollout(x0, U, noise), U)
+
+
+def test_regression_recovers_time_varying_system_from_noiseless_data(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(0)
+    system = random_stable_system(rng, T, dX, dU)
+    batch = _batch(system, rng, N=dX + dU + 4)
+    dyn = fit_linear_dynamics(batch, regularization=0.0)
+    np.testing.assert_allclose(dyn.Fm[: T - 1, :, :dX], system.A[: T - 1], atol=1e-6)
+    np.testing.assert_allclose(dyn.Fm[: T - 1, :, dX:], system.B[: T - 1], atol=1e-6)
+    np.testing.assert_allclose(dyn.fv[: T - 1], system.c[: T - 1], atol=1e-6)
+    np.testing.assert_allclose(dyn.dyn_covar, 0.0, atol=1e-9)
+    np.testing.assert_allclose(dyn.x0mu, batch.X[:, 0].mean(axis=0))
+
+
+def test_residual_covariance_estimates_the_process_noise(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(1)
+    system = random_stable_system(rng, T, dX, dU)
+    dyn = fit_linear_dynamics(_batch(system, rng, N=4000, noise_std=0.1))
+    expected = np.broadcast_to(0.01 * np.eye(dX), (T - 1, dX, dX))
+    np.testing.assert_allclose(dyn.dyn_covar[: T - 1], expected, atol=2e-3)
+
+
+def _prior_from(system, rng: np.random.Generator, samples: int = 20) -> DynamicsPriorGMM:  # noqa: ANN001
+    prior = DynamicsPriorGMM(DynamicsFitConfig(min_samples_per_cluster=40, max_clusters=4))
+    prior.update(_batch(system, rng, samples, noise_std=0.05))
+    return prior
+
+
+def test_very_strong_prior_returns_the_priors_regression(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(2)
+    system = random_stable_system(rng, T, dX, dU)
+    prior = _prior_from(system, rng)
+    batch = _batch(system, rng, N=3, noise_std=0.05)
+    config = DynamicsFitConfig(prior_strength=1e10, regularization=0.0)
+    dyn = fit_dynamics_with_gmm_prior(batch, prior, config)
+    niw = prior.eval(transition_tuples(batch))
+    # The prior's own regression: condition its (mu0, Phi) joint; the offset is anchored at the data mean.
+    Fm_prior, _, _ = condition_joint_gaussian(niw.mu0, niw.Phi, dX + dU, 0.0)
+    np.testing.assert_allclose(dyn.Fm[: T - 1], Fm_prior, rtol=1e-6, atol=1e-7)
+    mean = transition_tuples(batch).mean(axis=1)
+    fv = mean[:, dX + dU :] - np.einsum("tij,tj->ti", Fm_prior, mean[:, : dX + dU])
+    np.testing.assert_allclose(dyn.fv[: T - 1], fv, rtol=1e-6, atol=1e-7)
+
+
+def test_zero_prior_strength_is_the_plain_regression(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(3)
+    system = random_stable_system(rng, T, dX, dU)
+    prior = _prior_from(system, rng)
+    batch = _batch(system, rng, N=10, noise_std=0.05)
+    dyn = fit_dynamics_with_gmm_prior(batch, prior, DynamicsFitConfig(prior_strength=0.0))
+    plain = fit_linear_dynamics(batch, DynamicsFitConfig().regularization)
+    np.testing.assert_allclose(dyn.Fm, plain.Fm, atol=1e-10)
+    np.testing.assert_allclose(dyn.fv, plain.fv, atol=1e-10)
+    np.testing.assert_allclose(dyn.dyn_covar, plain.dyn_covar, atol=1e-12)
+
+
+def test_one_sample_gives_finite_psd_dynamics(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(4)
+    system = random_stable_system(rng, T, dX, dU)
+    fitter = DynamicsFitter(DynamicsFitConfig(min_samples_per_cluster=5))
+    dyn = fitter.update(_batch(system, rng, N=1))
+    for arr in (dyn.Fm, dyn.fv, dyn.dyn_covar, dyn.x0sigma):
+        assert np.all(np.isfinite(arr))
+    assert np.linalg.eigvalsh(dyn.dyn_covar).min() > -1e-9
+    assert np.linalg.eigvalsh(dyn.x0sigma).min() > 0
+
+
+def test_prior_from_many_samples_beats_plain_fit_on_few(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(5)
+    varying = random_stable_system(rng, T, dX, dU)
+    # Time-invariant, so the tuples of all steps share one regression that the GMM prior can carry.
+    system = type(varying)(*(np.repeat(a[:1], T, axis=0) for a in (varying.A, varying.B, varying.c)))
+    prior = _prior_from(system, rng, samples=40)
+    few = _batch(system, rng, N=3, noise_std=0.05)
+    with_prior = fit_dynamics_with_gmm_prior(few, prior, DynamicsFitConfig())
+    plain = fit_linear_dynamics(few, 1e-6)
+    truth = np.concatenate([system.A, system.B], axis=2)[: T - 1]
+    err_prior = np.linalg.norm(with_prior.Fm[: T - 1] - truth)
+    err_plain = np.linalg.norm(plain.Fm[: T - 1] - truth)
+    assert err_prior < 0.5 * err_plain
+
+
+def test_fitter_keeps_max_samples_warm_starts_and_pickles(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(6)
+    system = random_stable_system(rng, T, dX, dU)
+    fitter = DynamicsFitter(DynamicsFitConfig(max_samples=8, min_samples_per_cluster=30, max_clusters=3))
+    for _ in range(3):
+        fitter.update(_batch(system, rng, N=5, noise_std=0.05))
+    assert fitter.prior.num_samples == 8
+    assert fitter.prior.gmm.K == 3 and fitter.prior.gmm.last_warm_started
+    clone = pickle.loads(pickle.dumps(fitter))
+    batch = _batch(system, rng, N=5, noise_std=0.05)
+    a, b = fitter.update(batch), clone.update(batch)
+    np.testing.assert_array_equal(a.Fm, b.Fm)
+    np.testing.assert_array_equal(a.dyn_covar, b.dyn_covar)
+
+
+def test_bad_input_raises_shape_error_naming_the_array(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(7)
+    system = random_stable_system(rng, T, dX, dU)
+    good = _batch(system, rng, N=3)
+    X = good.X.copy()
+    X[1, 4, 2] = np.nan
+    with pytest.raises(ShapeError, match="X contains NaN"):
+        DynamicsFitter().update(SampleBatch(X, good.U))
+    with pytest.raises(ShapeError, match="U has shape"):
+        SampleBatch(good.X, good.U[:, :-1])
+    with pytest.raises(ShapeError, match="T >= 2"):
+        fit_linear_dynamics(SampleBatch(good.X[:, :1], good.U[:, :1]))
+    fitter = DynamicsFitter()
+    fitter.update(good)
+    with pytest.raises(ShapeError, match="dX, dU"):
+        fitter.update(SampleBatch(good.X[:, :, :3], good.U))
+    with pytest.raises(TypeError, match="SampleBatch"):
+        fitter.update((good.X, good.U))  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match="singular"):
+        fit_linear_dynamics(good, regularization=0.0)
+
+
+def test_config_validation_and_yaml_keys() -> None:
+    keys = {
+        "regularization": 1e-6,
+        "prior_strength": 1.0,
+        "max_clusters": 20,
+        "min_samples_per_cluster": 40,
+        "max_samples": 20,
+        "em_iterations": 100,
+    }
+    assert from_dict(DynamicsFitConfig, keys) == DynamicsFitConfig()
+    with pytest.raises(ConfigError, match="max_clusters"):
+        DynamicsFitConfig(max_clusters=0)
+    with pytest.raises(ConfigError, match="prior_strength"):
+        DynamicsFitConfig(prior_strength=-1.0)

@@ -1,0 +1,222 @@
+"""MDGPS: S-step regression, targets, determinism, and the full loop on a damped point mass."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbpl_core.config import from_dict
+from mbpl_core.containers import LinearGaussianController, SampleBatch, ShapeError, StateLayout
+from mbpl_core.costs import CostConfig, build_cost
+from mbpl_core.gps import (
+    MDGPS,
+    GaussianMLPPolicy,
+    GPSConfig,
+    NumpyPolicy,
+    build_policy_targets,
+    evaluate_policy,
+    policy_to_params,
+    train_policy,
+)
+from mbpl_core.lqr_flm import AlgorithmConfig, Policy
+
+FAST = GPSConfig(hidden_sizes=(32, 32), iterations=400, learning_rate=3e-3, batch_size=64, device="cpu")
+
+
+class PointMassEnv:
+    """2-D damped point mass: v' = v + dt (u − c v), q' = q + dt v'; one ee point at (q, 0) − target.
+
+    x = [q (2), q̇ (2), ee − target (3), ee velocity (3)]: dX = 10, dU = 2. Targets at the origin.
+    """
+
+    def __init__(self, starts: list[tuple[float, float]], T: int = 30, dt: float = 0.1, damping: float = 1.0):
+        self.T, self.dt, self.damping = T, dt, damping
+        self.layout = StateLayout(dQ=2, n_points=1)
+        self.dX, self.dU = self.layout.dX, 2
+        self.starts = [np.asarray(s, dtype=np.float64) for s in starts]
+        self.num_conditions = len(starts)
+
+    def _state(self, q: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.concatenate([q, v, q, [0.0], v, [0.0]])
+
+    def x0(self, condition: int) -> np.ndarray:
+        return self._state(self.starts[condition], np.zeros(2))
+
+    def sample(self, policy: Policy, condition: int, noise: np.ndarray | None) -> SampleBatch:
+        q, v = self.starts[condition].copy(), np.zeros(2)
+        X, U = np.empty((self.T, self.dX)), np.empty((self.T, self.dU))
+        for t in range(self.T):
+            X[t] = self._state(q, v)
+            U[t] = policy.act(t, X[t], None if noise is None else noise[t])
+            v = v + self.dt * (U[t] - self.damping * v)
+            q = q + self.dt * v
+        return SampleBatch(X[None], U[None])
+
+
+def _linear_controller(T: int, K: np.ndarray, k: np.ndarray, var: float) -> LinearGaussianController:
+    dU = K.shape[0]
+    return LinearGaussianController.from_covariance(
+        np.broadcast_to(K, (T, *K.shape)),
+        np.broadcast_to(k, (T, dU)),
+        np.broadcast_to(var * np.eye(dU), (T, dU, dU)),
+    )
+
+
+def test_s_step_recovers_linear_controller() -> None:
+    rng = np.random.default_rng(0)
+    K, k = rng.normal(size=(2, 5)) * 0.5, np.array([0.3, -0.2])
+    controller = _linear_controller(10, K, k, 0.1)
+    batch = SampleBatch(rng.normal(size=(8, 10, 5)), np.zeros((8, 10, 2)))
+    targets = build_policy_targets([controller], [batch], np.arange(5))
+    policy = GaussianMLPPolicy.from_config(FAST, 5, 2)
+    report = train_policy(policy, targets.obs, targets.target_mu, targets.target_prec, FAST)
+    assert report.loss_after < 0.02 * report.loss_before
+    err = policy.mean_batch(batch.X.reshape(-1, 5)) - targets.target_mu
+    assert np.sqrt(np.mean(err**2)) < 0.1 * np.sqrt(np.mean(targets.target_mu**2))
+    # Policy covariance = (mean target precision)⁻¹ = the controller's covariance here.
+    np.testing.assert_allclose(policy.action_covar, 0.1 * np.eye(2), rtol=1e-10)
+
+
+def test_precision_weighting_pulls_towards_confident_target() -> None:
+    # Same input twice with targets 0 and 1 and precisions 9 and 1: the minimiser of
+    # Σ λ_i (μ − μ_i)² is the precision-weighted mean (9·0 + 1·1)/10 = 0.1.
+    obs = np.zeros((2, 1))
+    mu = np.array([[0.0], [1.0]])
+    prec = np.array([[[9.0]], [[1.0]]])
+    config = GPSConfig(hidden_sizes=(8,), iterations=1500, learning_rate=1e-2, weight_decay=0.0, device="cpu")
+    policy = GaussianMLPPolicy.from_config(config, 1, 1)
+    train_policy(policy, obs, mu, prec, config)
+    fitted = float(policy.mean_batch(np.zeros((1, 1)))[0, 0])
+    assert abs(fitted - 0.1) < 0.02
+    np.testing.assert_allclose(policy.action_covar, [[1.0 / 5.0]])
+
+
+def test_targets_follow_the_controllers() -> None:
+    rng = np.random.default_rng(1)
+    c1 = _linear_controller(4, rng.normal(size=(2, 3)), rng.normal(size=2), 0.5)
+    c2 = _linear_controller(4, rng.normal(size=(2, 3)), rng.normal(size=2), 2.0)
+    b1 = SampleBatch(rng.normal(size=(2, 4, 3)), np.zeros((2, 4, 2)))
+    b2 = SampleBatch(rng.normal(size=(3, 4, 3)), np.zeros((3, 4, 2)))
+    targets = build_policy_targets([c1, c2], [b1, b2], np.array([0, 2]))
+    assert targets.obs.shape == (20, 2) and targets.target_mu.shape == (20, 2)
+    row = 8 + 1 * 4 + 3  # condition 2, sample 1, step 3
+    np.testing.assert_allclose(targets.target_mu[row], c2.K[3] @ b2.X[1, 3] + c2.k[3])
+    np.testing.assert_allclose(targets.obs[row], b2.X[1, 3, [0, 2]])
+    np.testing.assert_allclose(targets.target_prec[row], np.eye(2) / 2.0)
+    with pytest.raises(ShapeError):
+        build_policy_targets([c1], [b1, b2], np.arange(3))
+
+
+def test_train_policy_rejects_bad_targets() -> None:
+    policy = GaussianMLPPolicy.from_config(FAST, 3, 2)
+    obs, mu, prec = np.zeros((4, 3)), np.zeros((4, 2)), np.broadcast_to(np.eye(2), (4, 2, 2)).copy()
+    with pytest.raises(ShapeError, match="target_mu"):
+        train_policy(policy, obs, np.zeros((4, 3)), prec, FAST)
+    bad = mu.copy()
+    bad[2, 1] = np.inf
+    with pytest.raises(ShapeError, match="NaN or Inf"):
+        train_policy(policy, obs, bad, prec, FAST)
+    with pytest.raises(ShapeError, match="positive definite"):
+        train_policy(policy, obs, mu, -prec, FAST)
+
+
+def test_same_seed_same_weights() -> None:
+    rng = np.random.default_rng(2)
+    obs, mu = rng.normal(size=(100, 4)), rng.normal(size=(100, 2))
+    prec = np.broadcast_to(np.eye(2), (100, 2, 2))
+    config = GPSConfig(hidden_sizes=(16,), iterations=50, device="cpu", seed=7)
+    weights = []
+    for seed in (7, 7, 8):
+        cfg = GPSConfig(hidden_sizes=(16,), iterations=50, device="cpu", seed=seed)
+        policy = GaussianMLPPolicy.from_config(cfg, 4, 2)
+        train_policy(policy, obs, mu, prec, config)
+        weights.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+    assert not torch.equal(weights[0], weights[2])
+
+
+def _point_mass_setup() -> tuple[PointMassEnv, PointMassEnv, object, AlgorithmConfig]:
+    train = PointMassEnv([(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)])
+    held_out = PointMassEnv([(0.6, 0.6), (-0.7, 0.4), (0.3, -0.8)])
+    cost = build_cost(from_dict(CostConfig, {"action_weight": 1e-2, "ee": {"l1": 0.1, "l2": 1.0}}),
+                      train.layout, train.dU)
+    algorithm = from_dict(AlgorithmConfig, {"samples_per_condition": 5, "kl": {"kl_step": 2.0},
+                                            "init": {"type": "pd", "init_var": 0.1}})
+    return train, held_out, cost, algorithm
+
+
+@pytest.mark.parametrize("step_rule", ["global", "classic"])
+def test_mdgps_learns_point_mass_reaching(step_rule: str) -> None:
+    train, held_out, cost, algorithm = _point_mass_setup()
+    gps_config = GPSConfig(hidden_sizes=(32, 32), iterations=300, learning_rate=3e-3, step_rule=step_rule,
+                           device="cpu")
+    mdgps = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(0), eval_env=held_out)
+    untrained = evaluate_policy(held_out, mdgps.numpy_policy)
+    reports = mdgps.run(5)
+    assert np.mean(reports[-1].lg_cost) < 0.5 * np.mean(reports[0].lg_cost)
+    trained = evaluate_policy(held_out, mdgps.numpy_policy)
+    assert np.mean(trained) < 0.5 * np.mean(untrained)
+    assert np.mean(trained) < 0.5 * np.mean([np.linalg.norm(s) for s in held_out.starts])
+    assert reports[-1].policy_distance is not None
+    np.testing.assert_allclose(reports[-1].policy_distance, trained)
+    assert all(r.s_step.loss_after <= r.s_step.loss_before for r in reports)
+
+
+def test_mdgps_on_policy_sampling_runs() -> None:
+    train, _, cost, algorithm = _point_mass_setup()
+    gps_config = GPSConfig(hidden_sizes=(16,), iterations=100, sample_on_policy=True, device="cpu")
+    mdgps = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(1))
+    reports = mdgps.run(2)
+    assert [r.sampled_on_policy for r in reports] == [False, True]
+    assert reports[-1].policy_cost is None
+    assert isinstance(mdgps.numpy_policy, NumpyPolicy)
+    assert np.all(np.isfinite(NumpyPolicy(policy_to_params(mdgps.policy)).act(0, train.x0(0))))
+
+
+def test_mdgps_same_seed_same_run() -> None:
+    train, _, cost, algorithm = _point_mass_setup()
+    gps_config = GPSConfig(hidden_sizes=(16,), iterations=50, device="cpu")
+    runs = []
+    for _ in range(2):
+        mdgps = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(3))
+        reports = mdgps.run(2)
+        weights = torch.cat([p.detach().flatten() for p in mdgps.policy.parameters()])
+        runs.append(([r.lg_cost for r in reports], weights, mdgps.controllers[0].K))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])
+    np.testing.assert_array_equal(runs[0][2], runs[1][2])
+
+
+def test_mdgps_resumes_from_state_dict() -> None:
+    train, _, cost, algorithm = _point_mass_setup()
+    gps_config = GPSConfig(hidden_sizes=(16,), iterations=50, device="cpu")
+    straight = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(4))
+    expected = straight.run(3)
+    first = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(4))
+    first.run(1)
+    resumed = MDGPS.from_state(train, cost, pickle.loads(pickle.dumps(first.state_dict())))
+    rest = resumed.run(2)
+    assert [r.lg_cost for r in rest] == [r.lg_cost for r in expected[1:]]
+    assert resumed.iteration_count == 3 and len(resumed.reports) == 3
+    x = train.x0(1)
+    np.testing.assert_array_equal(resumed.numpy_policy.act(0, x), straight.numpy_policy.act(0, x))
+
+
+@pytest.mark.sim
+def test_mdgps_on_simulated_reacher_improves_held_out_reaching() -> None:
+    experiment_module = pytest.importorskip("mbpl_sim.experiment")
+    env_module = pytest.importorskip("mbpl_sim.env")
+    exp = experiment_module.load_experiment(Path(__file__).resolve().parents[2] / "configs/reacher2_sim.yaml")
+    train, held_out = env_module.MujocoEnv(exp), env_module.MujocoEnv(exp, "held_out")
+    cost = build_cost(from_dict(CostConfig, exp.cost), train.layout, train.dU)
+    algorithm = from_dict(AlgorithmConfig, exp.algorithm)
+    mdgps = MDGPS(train, cost, algorithm, GPSConfig(iterations=500, device="cpu"), np.random.default_rng(0),
+                  eval_env=held_out)
+    untrained = np.mean(evaluate_policy(held_out, mdgps.numpy_policy))
+    reports = mdgps.run(8)
+    assert np.mean(reports[-1].policy_distance) < 0.6 * untrained
+    assert np.mean(reports[-1].lg_cost) < np.mean(reports[0].lg_cost)
