@@ -49,21 +49,21 @@ fi
 if [ -d ros2_ws/src/mbpl_msgs ]; then
   msgs_hash=$(find ros2_ws/src/mbpl_msgs -type f | sort | xargs cat | sha256sum | cut -c1-16)
   if [ "$(cat "$stamps/mbpl_msgs" 2>/dev/null)" != "$msgs_hash" ] \
-     || ! "$venv/bin/python" -c 'import mbpl_msgs.msg' 2>/dev/null; then
+     || ! "$venv/bin/python" -c 'import mbpl_msgs.msg, mbpl_msgs.srv' 2>/dev/null; then
     log "building ROS 2 interfaces (mbpl_msgs) with colcon"
     (
       export VIRTUAL_ENV="$venv"
       export PATH="$venv/bin:$PATH"
       export AMENT_PREFIX_PATH="$venv"
       export CMAKE_PREFIX_PATH="$venv"
-      cd ros2_ws
+      cd ros2_ws && mkdir -p log
       colcon --log-base "$root/ros2_ws/log" build --merge-install --install-base "$venv" \
         --build-base "$root/ros2_ws/build" --packages-select mbpl_msgs \
         --cmake-args -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$venv/bin/python" \
-        > "$root/ros2_ws/colcon-build.log" 2>&1 \
-        || { tail -40 "$root/ros2_ws/colcon-build.log"; log "colcon build failed (full log: ros2_ws/colcon-build.log)"; exit 1; }
+        > "$root/ros2_ws/log/colcon-build.log" 2>&1 \
+        || { tail -40 "$root/ros2_ws/log/colcon-build.log"; log "colcon build failed (full log: ros2_ws/log/colcon-build.log)"; exit 1; }
     )
-    "$venv/bin/python" -c 'import mbpl_msgs.msg' \
+    "$venv/bin/python" -c 'import mbpl_msgs.msg, mbpl_msgs.srv' \
       || { log "mbpl_msgs built but does not import"; exit 1; }
     echo "$msgs_hash" > "$stamps/mbpl_msgs"
   fi

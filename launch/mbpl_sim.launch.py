@@ -1,0 +1,52 @@
+"""ros2 launch file of the mbpl graph in simulation (full ROS 2 installs with launch_ros).
+
+    ros2 launch mbpl_ros mbpl_sim.launch.py config:=/path/to/experiment.yaml
+
+The Node actions are built from :func:`mbpl_ros.bringup.graph_from_experiment`, the same description
+``mbpl launch`` starts with its own process launcher, so the two cannot drift. As there, a node that
+exits ends the launch unless the experiment's ``ros.respawn`` lists it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+from mbpl_ros.bringup import graph_from_experiment
+
+
+def _graph_actions(context: Any) -> list[Any]:
+    """Node actions of the experiment named by the ``config`` launch argument."""
+    config = LaunchConfiguration("config").perform(context)
+    actions = []
+    for spec in graph_from_experiment(config):
+        extra: dict[str, Any] = {}
+        if spec.respawn:
+            extra.update(respawn=True, respawn_delay=spec.respawn_delay)
+        else:
+            extra["on_exit"] = Shutdown(reason=f"{spec.name} exited")
+        actions.append(
+            Node(
+                package="mbpl_ros",
+                executable=spec.executable,
+                name=spec.name,
+                parameters=[dict(spec.parameters)],
+                output="screen",
+                **extra,
+            )
+        )
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    """Declare ``config`` and build the graph from it when the launch runs."""
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("config", description="experiment YAML file (robot, task, cost, ros)"),
+            OpaqueFunction(function=_graph_actions),
+        ]
+    )

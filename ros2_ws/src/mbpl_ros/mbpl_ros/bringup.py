@@ -1,0 +1,312 @@
+"""The one description of the mbpl node graph, and a process launcher for machines without ros2 launch.
+
+:func:`graph_from_experiment` turns an experiment YAML (its ``ros:`` section and its path) into a list
+of :class:`NodeSpec`. Both ``launch/mbpl_sim.launch.py`` (full ROS 2 installs) and ``mbpl launch``
+(:class:`ProcessLauncher`) start exactly that list, so the two cannot drift.
+
+``ros:`` section keys (all optional)::
+
+    lockstep: true               # sim node mode: lockstep (true) or realtime (false)
+    controller: effort_controller  # efforts travel on <controller>/commands
+    realtime_rate: 0.0           # realtime sim steps per second; 0 = 1/dt
+    sim: true                    # false on hardware: a robot driver publishes joint_states instead
+    respawn: []                  # names of nodes restarted when they exit
+    nodes: {sampler: {...}}      # extra parameters per node name
+
+Every node receives ``config`` (absolute experiment path) and, except the sim node, ``run_dir`` when
+one is given; the sim node and the sampler also receive ``mode`` and ``controller``, the sim node
+``realtime_rate`` and the sampler the same value as ``rate_hz``. The trainer is the graph's
+*required* node: when it exits the graph is shut down and its exit code is the launcher's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from mbpl_core.config import ConfigError, from_dict
+from mbpl_ros.params import write_params_file
+
+GRAPH_NODES = (
+    ("sim", "mbpl_ros.sim_node"),
+    ("sampler", "mbpl_ros.sampler_node"),
+    ("fitting", "mbpl_ros.fitting_node"),
+    ("ilqr", "mbpl_ros.ilqr_node"),
+    ("trainer", "mbpl_ros.trainer_node"),
+)
+REQUIRED_NODE = "trainer"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph: started as ``python -m <module> --ros-args -r __node:=<name> --params-file F``.
+
+    parameters: ROS parameters (bool/int/float/str or homogeneous lists); respawn: restart it when it
+    exits; required: the graph ends when it exits, with its exit code.
+    """
+
+    name: str
+    module: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    respawn: bool = False
+    required: bool = False
+    respawn_delay: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ConfigError(f"node name {self.name!r} must be a plain identifier")
+        if not all(part.isidentifier() for part in self.module.split(".")):
+            raise ConfigError(f"node {self.name}: {self.module!r} is not a module path")
+        if self.respawn and self.required:
+            raise ConfigError(f"node {self.name}: a required node cannot respawn")
+        if self.respawn_delay < 0:
+            raise ConfigError(f"node {self.name}: respawn_delay must be >= 0")
+
+    @property
+    def executable(self) -> str:
+        """Console-script name of the module in a colcon install (``mbpl_ros.sim_node`` → ``sim_node``)."""
+        return self.module.rsplit(".", 1)[-1]
+
+    def command(self, params_file: Path) -> list[str]:
+        """The process command line."""
+        return [sys.executable, "-m", self.module, "--ros-args", "-r", f"__node:={self.name}",
+                "--params-file", str(params_file)]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RosSection:
+    """The experiment's ``ros:`` section (see the module docstring)."""
+
+    lockstep: bool = True
+    controller: str = "effort_controller"
+    realtime_rate: float = 0.0
+    sim: bool = True
+    respawn: tuple[str, ...] = ()
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = {name for name, _ in GRAPH_NODES}
+        unknown = sorted((set(self.respawn) | set(self.nodes)) - names)
+        if unknown:
+            raise ConfigError(f"ros: unknown node name(s) {unknown}; nodes are {sorted(names)}")
+        if REQUIRED_NODE in self.respawn:
+            raise ConfigError(f"ros.respawn: the {REQUIRED_NODE} ends the graph and cannot respawn")
+        if not self.controller or any(c.isspace() for c in self.controller):
+            raise ConfigError(f"ros.controller: invalid name {self.controller!r}")
+        if self.realtime_rate < 0:
+            raise ConfigError(f"ros.realtime_rate: must be >= 0, got {self.realtime_rate}")
+
+
+def graph_from_experiment(
+    config_path: str | Path, raw: Mapping[str, Any] | None = None, run_dir: str | Path | None = None
+) -> list[NodeSpec]:
+    """The node graph of an experiment: sim (unless ``ros.sim`` is false), sampler, fitting, ilqr, trainer.
+
+    raw: the parsed YAML when the caller has it already (else the file is read). run_dir: the run
+    folder every node except the sim writes to (parameter ``run_dir``; None: the nodes' default).
+    """
+    config_path = Path(config_path).resolve()
+    if raw is None:
+        if not config_path.is_file():
+            raise ConfigError(f"experiment file {str(config_path)!r} not found")
+        raw = yaml.safe_load(config_path.read_text()) or {}
+    ros = from_dict(RosSection, dict(raw.get("ros") or {}), "ros")
+    mode = "lockstep" if ros.lockstep else "realtime"
+    specs = []
+    for name, module in GRAPH_NODES:
+        if name == "sim" and not ros.sim:
+            continue
+        params: dict[str, Any] = {"config": str(config_path)}
+        if name in ("sim", "sampler"):
+            params.update(mode=mode, controller=ros.controller)
+        if name == "sim":
+            params["realtime_rate"] = float(ros.realtime_rate)
+        elif run_dir is not None:
+            params["run_dir"] = str(Path(run_dir).resolve())
+        if name == "sampler":
+            params["rate_hz"] = float(ros.realtime_rate)  # one command per sim step when the sim runs faster
+        params.update(ros.nodes.get(name, {}))
+        specs.append(
+            NodeSpec(name, module, params, respawn=name in ros.respawn, required=name == REQUIRED_NODE)
+        )
+    return specs
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the launcher dies, so no node outlives it (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+class _Running:
+    """A started node: its process and the thread that forwards its output."""
+
+    def __init__(self, spec: NodeSpec, proc: subprocess.Popen, forwarder: threading.Thread) -> None:
+        self.spec, self.proc, self.forwarder = spec, proc, forwarder
+
+
+class ProcessLauncher:
+    """Starts each NodeSpec as its own process and supervises the graph.
+
+    * each node's parameters go to ``<run_dir>/params/<name>.yaml``; its output is forwarded to
+      ``out`` prefixed with ``[name]`` and copied to ``<run_dir>/logs/<name>.log``;
+    * SIGINT/SIGTERM received by the launcher are forwarded to the graph, which is then shut down;
+    * a node that exits is reported with its exit code; a respawn node is restarted, the required
+      node ends the graph with its exit code, any other exit stops the graph (exit code 1 if it was 0);
+    * shutdown sends SIGINT, then SIGTERM, then SIGKILL, each after ``stop_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[NodeSpec],
+        run_dir: str | Path,
+        env: Mapping[str, str] | None = None,
+        out: IO[str] | None = None,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        names = [s.name for s in specs]
+        if not specs or len(set(names)) != len(names):
+            raise ConfigError(f"the graph needs >= 1 node with unique names, got {names}")
+        self.specs = list(specs)
+        self.run_dir = Path(run_dir)
+        self.env = dict(os.environ if env is None else env) | {"PYTHONUNBUFFERED": "1"}
+        self.out = out if out is not None else sys.stdout
+        self.stop_timeout = stop_timeout
+        self.exit_codes: dict[str, int] = {}
+        self._running: dict[str, _Running] = {}
+        self._exits: queue.Queue[tuple[str, subprocess.Popen]] = queue.Queue()
+        self._signal: int | None = None
+        self._out_lock = threading.Lock()
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen]:
+        """The latest process of every node started so far, by node name."""
+        return {name: r.proc for name, r in self._running.items()}
+
+    def say(self, text: str) -> None:
+        """One launcher line on the output stream."""
+        with self._out_lock:
+            self.out.write(f"[launch] {text}\n")
+            self.out.flush()
+
+    # -- processes ---------------------------------------------------------------------------------
+    def _start(self, spec: NodeSpec) -> None:
+        params = write_params_file(self.run_dir / "params" / f"{spec.name}.yaml", "/**", spec.parameters)
+        log_path = self.run_dir / "logs" / f"{spec.name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            spec.command(params), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        forwarder = threading.Thread(target=self._forward, args=(spec.name, proc, log_path), daemon=True)
+        forwarder.start()
+        self._running[spec.name] = _Running(spec, proc, forwarder)
+        self.say(f"started {spec.name} ({spec.module}, pid {proc.pid})")
+
+    def _forward(self, name: str, proc: subprocess.Popen, log_path: Path) -> None:
+        """Copy the node's output line by line, prefixed; then report its exit to the supervisor."""
+        assert proc.stdout is not None
+        with open(log_path, "ab") as log:
+            for line in iter(proc.stdout.readline, b""):
+                log.write(line)
+                with self._out_lock:
+                    self.out.write(f"[{name}] {line.decode(errors='replace').rstrip()}\n")
+                    self.out.flush()
+        proc.wait()
+        self._exits.put((name, proc))
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signal = signum
+
+    # -- supervision --------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Start the graph and supervise it until it ends; returns the launcher's exit code.
+
+        The required node's exit code when it finishes; 128 + signal number after SIGINT/SIGTERM;
+        the dead node's exit code (1 if that was 0) when a non-respawn node exits.
+        """
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = {}
+        if in_main:
+            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for spec in self.specs:
+                self._start(spec)
+            return self._supervise()
+        finally:
+            self.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _supervise(self) -> int:
+        respawn_at: dict[str, float] = {}
+        while True:
+            if self._signal is not None:
+                self.say(f"received {signal.Signals(self._signal).name}: stopping the graph")
+                return 128 + self._signal
+            for name, due in list(respawn_at.items()):
+                if time.monotonic() >= due:
+                    del respawn_at[name]
+                    self._start(self._running[name].spec)
+            try:
+                name, proc = self._exits.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            running = self._running.get(name)
+            if running is None or running.proc is not proc:
+                continue  # an exit already handled (e.g. reported during shutdown)
+            code = proc.returncode
+            self.exit_codes[name] = code
+            spec = running.spec
+            if spec.required:
+                self.say(f"{name} finished with exit code {code}: stopping the graph")
+                return code
+            self.say(f"node {name} died with exit code {code}")
+            if spec.respawn:
+                self.say(f"respawning {name} in {spec.respawn_delay:g} s")
+                respawn_at[name] = time.monotonic() + spec.respawn_delay
+                continue
+            self.say("stopping the graph (set respawn for this node to restart it instead)")
+            return code if code != 0 else 1
+
+    def shutdown(self) -> None:
+        """Stop every running node: SIGINT, then SIGTERM, then SIGKILL, each after stop_timeout."""
+        alive = [r for r in self._running.values() if r.proc.poll() is None]
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if not alive:
+                break
+            for r in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    r.proc.send_signal(sig)
+            deadline = time.monotonic() + self.stop_timeout
+            for r in alive:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    r.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            still = [r for r in alive if r.proc.poll() is None]
+            if still and sig != signal.SIGKILL:
+                names = ", ".join(r.spec.name for r in still)
+                self.say(f"{names} ignored {sig.name} for {self.stop_timeout:g} s")
+            alive = still
+        for r in self._running.values():
+            r.forwarder.join(timeout=self.stop_timeout)
+            if r.spec.name not in self.exit_codes or r.proc.returncode != self.exit_codes[r.spec.name]:
+                self.exit_codes[r.spec.name] = r.proc.returncode
+                self.say(f"{r.spec.name} exited with code {r.proc.returncode}")
+
+
+def launch(specs: Sequence[NodeSpec], run_dir: str | Path, out: IO[str] | None = None) -> int:
+    """Run a graph with :class:`ProcessLauncher` until it ends; returns its exit code."""
+    return ProcessLauncher(specs, run_dir, out=out).run()
