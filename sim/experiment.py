@@ -19,7 +19,9 @@ from mbpl_core.containers import StateLayout
 from mbpl_sim.robot import RobotConfig, resolve_description
 from mbpl_sim.task import Condition, TaskConfig, build_conditions
 
-SECTIONS = ("name", "robot", "task", "cost", "algorithm", "ros", "gps")
+SECTIONS = ("name", "method", "robot", "task", "cost", "algorithm", "ros", "gps")
+# lqr_flm: local LG controllers only; mdgps: also distil them into a neural policy (gps: section)
+METHODS = ("lqr_flm", "mdgps")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,11 @@ class ExperimentConfig:
     gps: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     source: str | None = None
+    method: Literal["lqr_flm", "mdgps"] = "lqr_flm"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method: {self.method!r} is not one of {list(METHODS)}")
         n_points = self.robot.n_points
         if self.task.scene == "peg" and n_points != 2:
             raise ConfigError(
@@ -112,9 +117,10 @@ def experiment_from_dict(raw: dict[str, Any], base_dir: Path | str | None = None
     name = raw.get("name") or ""
     if not isinstance(name, str):
         raise ConfigError(f"name: expected a string, got {name!r}")
+    method = raw.get("method", "lqr_flm")
     return ExperimentConfig(robot=robot, task=task, cost=_section(raw, "cost"),
                             algorithm=_section(raw, "algorithm"), ros=_section(raw, "ros"),
-                            gps=_section(raw, "gps"), name=name, source=source)
+                            gps=_section(raw, "gps"), name=name, source=source, method=method)
 
 
 def load_experiment(path: Path | str) -> ExperimentConfig:

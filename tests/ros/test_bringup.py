@@ -227,5 +227,8 @@ def test_cli_overrides_and_placeholders(tmp_path: Path, capsys: pytest.CaptureFi
             apply_overrides(raw, [bad])
     path, merged = effective_config(REPO_ROOT / "configs/reacher2_sim.yaml", ["ros.lockstep=false"], tmp_path)
     assert [s.parameters["mode"] for s in graph_from_experiment(path)[:2]] == ["realtime", "realtime"]
-    assert main(["eval"]) == 2 and "not implemented yet" in capsys.readouterr().err
+    missing = str(tmp_path / "no-policy")
+    assert main(["eval", str(REPO_ROOT / "configs/reacher2_sim.yaml"), "--policy", missing,
+                 "--run-dir", str(tmp_path / "ev")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
     assert main(["launch", str(tmp_path / "missing.yaml")]) == 2 and "not found" in capsys.readouterr().err

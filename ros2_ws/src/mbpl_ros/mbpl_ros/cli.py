@@ -2,9 +2,10 @@
 
 * ``mbpl launch CONFIG [--set key=value ...] [--run-dir DIR]`` — start the ROS 2 graph of an experiment
   (sim node, sampler, fitting, ilqr, trainer) with the bringup's process launcher.
-* ``mbpl train CONFIG [--set key=value ...] [--iterations N] [--run-dir DIR]`` — LQR-FLM in one process
-  over the MuJoCo environment (no ROS), the way algorithms are benchmarked and debugged.
-* ``mbpl eval`` — not implemented yet.
+* ``mbpl train CONFIG [--set key=value ...] [--iterations N] [--run-dir DIR]`` —
+  LQR-FLM or MDGPS in one process over the MuJoCo environment (no ROS), the way algorithms are benchmarked and debugged.
+* ``mbpl eval CONFIG --policy CHECKPOINT [--conditions held_out|train] [--render]`` — roll a saved
+  policy out in simulation (no trainer needed) and report success and final distances.
 
 ``--set`` overrides one key of the experiment YAML with a dotted path and a YAML value, e.g.
 ``--set algorithm.iterations=3 --set ros.lockstep=false``. The effective configuration is written to
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import pickle
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from mbpl_core.config import ConfigError
@@ -98,40 +99,41 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return ProcessLauncher(specs, run_dir).run()
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """LQR-FLM in one process over MujocoEnv; prints one line per iteration, pickles the final state."""
-    try:
-        from mbpl_core.config import from_dict
-        from mbpl_core.costs import CostConfig, build_cost
-        from mbpl_core.lqr_flm import LQRFLM, AlgorithmConfig, IterationReport
-        from mbpl_sim.env import MujocoEnv
-        from mbpl_sim.experiment import experiment_from_dict
-    except ImportError as err:
-        print(f"mbpl train: not available yet ({err})", file=sys.stderr)
-        return EXIT_USAGE
-    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, "train")
+def _load(args: argparse.Namespace, mode: str) -> tuple[Path, Any]:
+    from mbpl_sim.experiment import experiment_from_dict
+
+    run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, mode)
     path, raw = effective_config(args.config, args.set, run_dir)
-    experiment = experiment_from_dict(raw, base_dir=path.parent, source=str(path))
-    env = MujocoEnv(experiment)
-    cost = build_cost(from_dict(CostConfig, experiment.cost, "cost"), env.layout, env.dU)
-    algorithm = LQRFLM(env, cost, from_dict(AlgorithmConfig, experiment.algorithm, "algorithm"))
+    return run_dir, experiment_from_dict(raw, base_dir=path.parent, source=str(path))
 
-    def report(r: IterationReport) -> None:
-        costs = " ".join(f"{c:.4g}" for c in r.mean_cost)
-        print(f"[mbpl] iteration {r.iteration}: mean cost per condition {costs}; "
-              f"step_mult {min(r.step_mult):.3g}..{max(r.step_mult):.3g}", flush=True)  # fmt: skip
 
-    algorithm.run(args.iterations, callback=report)
-    with open(run_dir / "lqrflm_state.pkl", "wb") as f:
-        pickle.dump(algorithm.state_dict(), f)
-    print(f"[mbpl] saved {run_dir / 'lqrflm_state.pkl'}", flush=True)
+def cmd_train(args: argparse.Namespace) -> int:
+    """LQR-FLM or MDGPS (experiment ``method``) in one process over MujocoEnv; see mbpl_sim.training."""
+    from mbpl_sim.training import train_in_process
+
+    run_dir, experiment = _load(args, "train")
+    train_in_process(experiment, run_dir, args.iterations, log=lambda line: print(line, flush=True))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Placeholder until policy evaluation exists."""
-    print("mbpl eval: not implemented yet", file=sys.stderr)
-    return EXIT_USAGE
+    """Roll a saved policy (checkpoint) out on chosen conditions in simulation; exit 0 iff all succeed
+    when --require-success is given, else 0."""
+    from mbpl_core.policy import load_policy_checkpoint
+    from mbpl_sim.evaluate import evaluate_in_sim, write_result
+
+    run_dir, experiment = _load(args, "eval")
+    checkpoint = Path(args.policy)
+    if not checkpoint.exists():
+        raise ConfigError(f"--policy {str(checkpoint)!r}: no such checkpoint")
+    policy, _ = load_policy_checkpoint(checkpoint)
+    render_dir = run_dir / "videos" if args.render else None
+    result = evaluate_in_sim(experiment, policy, args.conditions, args.only, args.threshold, render_dir)
+    print(result.summary(), flush=True)
+    write_result(result, run_dir / "evaluation.json")
+    videos = f" and videos in {render_dir}" if render_dir else ""
+    print(f"[mbpl] wrote {run_dir / 'evaluation.json'}{videos}")
+    return 1 if args.require_success and not bool(np.all(result.success)) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("launch", cmd_launch, "start the ROS 2 node graph of an experiment"),
-        ("train", cmd_train, "run LQR-FLM in one process over the MuJoCo environment"),
+        ("train", cmd_train, "run LQR-FLM or MDGPS in one process over the MuJoCo environment"),
+        ("eval", cmd_eval, "roll a saved policy out in simulation and report success and distances"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", help="experiment YAML file")
@@ -150,9 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     train = sub.choices["train"]
     train.add_argument("--iterations", type=int, default=None, help="default: algorithm.iterations")
-    p = sub.add_parser("eval", help="evaluate a trained policy (not implemented yet)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_eval)
+    ev = sub.choices["eval"]
+    ev.add_argument("--policy", required=True, help="policy checkpoint folder (or its policy.npz)")
+    ev.add_argument("--conditions", default="held_out", choices=["held_out", "train"],
+                    help="condition set (default held_out)")
+    ev.add_argument("--only", type=int, nargs="+", default=None, help="condition indices (default: all)")
+    ev.add_argument("--threshold", type=float, default=None,
+                    help="success distance of the tip in m (default: 0.01 peg, 0.02 reach)")
+    ev.add_argument("--render", action="store_true", help="write a GIF and PNG strip per rollout")
+    ev.add_argument("--require-success", action="store_true", help="exit 1 unless every condition succeeds")
     return parser
 
 
