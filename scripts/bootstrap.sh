@@ -22,8 +22,9 @@ mkdir -p "$stamps"
 req_hash=$(hash_of requirements.txt)
 if [ "$(cat "$stamps/requirements" 2>/dev/null)" != "$req_hash" ]; then
   log "installing pinned requirements (first run takes a few minutes)"
-  "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -r requirements.txt
+  pip_log="$venv/pip-install.log"
+  { "$venv/bin/python" -m pip install --upgrade pip && "$venv/bin/python" -m pip install -r requirements.txt; } \
+    > "$pip_log" 2>&1 || { tail -30 "$pip_log"; log "pip install failed (full log: $pip_log)"; exit 1; }
   echo "$req_hash" > "$stamps/requirements"
 fi
 
@@ -31,7 +32,8 @@ proj_hash=$(hash_of pyproject.toml)
 if [ "$(cat "$stamps/project" 2>/dev/null)" != "$proj_hash" ] \
    || ! "$venv/bin/python" -c 'import mbpl_core, mbpl_sim, mbpl_ros' 2>/dev/null; then
   log "installing the mbpl packages (editable)"
-  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+  "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . > "$venv/pip-editable.log" 2>&1 \
+    || { cat "$venv/pip-editable.log"; log "editable install failed"; exit 1; }
   echo "$proj_hash" > "$stamps/project"
 fi
 
