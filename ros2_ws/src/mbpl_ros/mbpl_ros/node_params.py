@@ -1,0 +1,113 @@
+"""Parameter schemas of the fitting, iLQR and trainer nodes, and what they derive from the experiment.
+
+Each schema is a frozen dataclass declared on its node with :func:`mbpl_ros.params.declare_parameters`
+(defaults and descriptions from the fields, validation in ``__post_init__``). No rclpy here, so the
+schemas and the experiment-derived settings are tested without ROS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from mbpl_core.config import ConfigError, from_dict
+from mbpl_core.costs import CostConfig
+from mbpl_core.lqr_flm import AlgorithmConfig
+from mbpl_ros.params import param
+from mbpl_sim.experiment import ExperimentConfig, load_experiment
+
+_CONFIG_DOC = "experiment YAML file (robot, task, cost, algorithm)"
+_RUN_DIR_DOC = "run folder shared by the graph's nodes; empty: runs/<experiment name>"
+
+
+def _require_config(node: str, config: str) -> None:
+    if not config:
+        raise ConfigError(f"{node} node: parameter 'config' (experiment YAML path) is required")
+
+
+@dataclass(frozen=True)
+class FittingNodeParams:
+    """Parameters of the fitting node."""
+
+    config: str = param(_CONFIG_DOC, "")
+    run_dir: str = param(_RUN_DIR_DOC, "")
+    keep_results: int = param("fitted results kept per condition for repeated (idempotent) requests", 3)
+
+    def __post_init__(self) -> None:
+        _require_config("fitting", self.config)
+        if self.keep_results < 1:
+            raise ConfigError(f"fitting node: keep_results must be >= 1, got {self.keep_results}")
+
+
+@dataclass(frozen=True)
+class IlqrNodeParams:
+    """Parameters of the iLQR node."""
+
+    config: str = param(_CONFIG_DOC, "")
+    run_dir: str = param(_RUN_DIR_DOC, "")
+    keep_results: int = param("LQR results kept per condition for repeated (idempotent) requests", 3)
+
+    def __post_init__(self) -> None:
+        _require_config("ilqr", self.config)
+        if self.keep_results < 1:
+            raise ConfigError(f"ilqr node: keep_results must be >= 1, got {self.keep_results}")
+
+
+@dataclass(frozen=True)
+class TrainerNodeParams:
+    """Parameters of the trainer node."""
+
+    config: str = param(_CONFIG_DOC, "")
+    run_dir: str = param(_RUN_DIR_DOC, "")
+    iterations: int = param("iterations to run; -1: algorithm.iterations of the experiment", -1)
+    trial_timeout: float = param("seconds to wait for a trial's sample once the sampler accepted it", 60.0)
+    service_timeout: float = param("seconds to wait for a fitting or LQR answer before asking again", 15.0)
+    refused_wait: float = param(
+        "seconds a refused RunTrial is retried (backoff) before the trial counts as failed", 120.0)
+    max_attempts: int = param("attempts per trial (aborted or missing samples are re-run)", 5)
+    evaluate: bool = param(
+        "run one noiseless trial per condition after each iteration (final distance)", True)
+
+    def __post_init__(self) -> None:
+        _require_config("trainer", self.config)
+        if self.iterations < -1:
+            raise ConfigError(f"trainer node: iterations must be >= -1, got {self.iterations}")
+        for name in ("trial_timeout", "service_timeout", "refused_wait"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"trainer node: {name} must be a positive number of seconds, got {value}")
+        if not 1 <= self.max_attempts < 100:
+            raise ConfigError(f"trainer node: max_attempts must be in [1, 99], got {self.max_attempts}")
+
+
+@dataclass(frozen=True)
+class ExperimentSettings:
+    """What the nodes take from the experiment file: the experiment, its algorithm and cost configs."""
+
+    experiment: ExperimentConfig
+    algorithm: AlgorithmConfig
+    cost: CostConfig
+    run_dir: Path
+
+    @property
+    def num_conditions(self) -> int:
+        return len(self.experiment.conditions("train"))
+
+
+def resolve_run_dir(run_dir: str, experiment: ExperimentConfig) -> Path:
+    """``run_dir`` if given, else ``runs/<experiment name>`` (relative to the working directory)."""
+    if run_dir:
+        return Path(run_dir)
+    name = experiment.name or (Path(experiment.source).stem if experiment.source else "experiment")
+    return Path("runs") / name
+
+
+def load_settings(config: str, run_dir: str) -> ExperimentSettings:
+    """Experiment, typed ``algorithm:`` and ``cost:`` sections and run folder; ConfigError on a bad file."""
+    if not Path(config).is_file():
+        raise ConfigError(f"experiment file {config!r} not found")
+    experiment = load_experiment(config)
+    algorithm = from_dict(AlgorithmConfig, experiment.algorithm or {}, "algorithm")
+    cost = from_dict(CostConfig, experiment.cost or {}, "cost")
+    return ExperimentSettings(experiment, algorithm, cost, resolve_run_dir(run_dir, experiment))

@@ -1,0 +1,413 @@
+"""The trainer's logic without ROS: ids and seeds, the checkpoint, resuming, and the iteration loop.
+
+:class:`TrainerLoop` runs LQR-FLM iterations against a :class:`Transport` (the trainer node implements
+it over DDS in :mod:`mbpl_ros.trainer_transport`; tests implement it in process). One iteration:
+
+1. for every condition m, samples_per_condition trials of the controller ``controller_id(i, m)``;
+   each accepted sample is written at once to its own small bag, and the batch is closed into one
+   bag per (i, m) when complete (:class:`mbpl_ros.recording.SampleStore`);
+2. ``hooks.before_c_step(i, batches)`` — where GPS mode trains the policy (no-op in LQR-FLM);
+3. per condition: fit dynamics, then one KL-constrained LQR step (reference from
+   ``hooks.reference_for``, None in LQR-FLM); the iLQR side publishes ``controller_id(i + 1, m)``;
+4. optionally one noiseless trial per condition of the new controllers (final ee distance);
+5. ``hooks.after_iteration`` may add fields to the history record (GPS: policy evaluation); then the
+   checkpoint ``trainer_state.json`` records the finished iteration (written atomically).
+
+Resuming (:meth:`TrainerLoop.run` on an existing run folder) starts at the first unfinished iteration
+and keeps every sample of it that is already in the bags: no sample is lost or taken twice. Fitting
+and LQR services are idempotent per (condition, iteration), so repeating them after a crash is safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mbpl_core.config import ConfigError
+from mbpl_core.containers import LinearGaussianController, SampleBatch, StateLayout
+from mbpl_core.costs import Cost
+from mbpl_ros.conversions import SampleMetadata
+from mbpl_ros.recording import SampleStore
+
+MAX_CONDITIONS = 1000
+MAX_SAMPLES = 1000
+MAX_ATTEMPTS = 100
+STATE_FILE = "trainer_state.json"
+
+
+# ------------------------------------------------------------------------------------------- ids, seeds
+def controller_id(iteration: int, condition: int) -> int:
+    """Id of the LG controller that iteration ``iteration`` samples on ``condition``: 1 + 1000 i + m.
+
+    Iteration 0 runs the initial controllers (ids 1 + m); the LQR step of iteration i publishes
+    ``controller_id(i + 1, m)``. Never 0, so 0 can mean "none".
+    """
+    if not 0 <= condition < MAX_CONDITIONS or iteration < 0:
+        raise ValueError(f"controller_id needs iteration >= 0 and 0 <= condition < {MAX_CONDITIONS}, "
+                         f"got ({iteration}, {condition})")
+    return 1 + iteration * MAX_CONDITIONS + condition
+
+
+def trial_id(session: int, iteration: int, condition: int, index: int, attempt: int) -> int:
+    """Unique trial id: the digits of (session, iteration, condition, sample index, attempt).
+
+    The session (one per trainer start) keeps ids unique across restarts, so a late sample of a
+    trial asked for by a dead trainer can never be taken for a new one.
+    """
+    if not (0 <= condition < MAX_CONDITIONS and 0 <= index < MAX_SAMPLES and 0 <= attempt < MAX_ATTEMPTS):
+        raise ValueError(f"trial_id: condition, index, attempt out of range: {condition}, {index}, {attempt}")
+    if session < 0 or not 0 <= iteration < 10_000:
+        raise ValueError(f"trial_id: session >= 0 and 0 <= iteration < 10000 needed, got {session}, "
+                         f"{iteration}")
+    digits = ((session * 10_000 + iteration) * MAX_CONDITIONS + condition) * MAX_SAMPLES + index
+    return digits * MAX_ATTEMPTS + attempt
+
+
+def trial_seed(base_seed: int, iteration: int, condition: int, index: int, attempt: int) -> int:
+    """Noise seed (uint64) of one trial, independent of the session: a resumed run draws the same noise."""
+    sequence = np.random.SeedSequence([base_seed, iteration, condition, index, attempt])
+    return int(sequence.generate_state(1, np.uint64)[0])
+
+
+# ----------------------------------------------------------------------------------------------- state
+@dataclass(frozen=True)
+class TrainerState:
+    """The checkpoint ``<run_dir>/trainer_state.json``.
+
+    completed_iterations: iterations fully done; controller_ids: (M,) ids the next iteration samples;
+    history: one dict per finished iteration (see :class:`IterationRecord`); session: trainer starts.
+    """
+
+    num_conditions: int
+    completed_iterations: int = 0
+    controller_ids: tuple[int, ...] = ()
+    history: tuple[dict[str, Any], ...] = ()
+    session: int = 0
+
+    @staticmethod
+    def fresh(num_conditions: int) -> TrainerState:
+        ids = tuple(controller_id(0, m) for m in range(num_conditions))
+        return TrainerState(num_conditions=num_conditions, controller_ids=ids)
+
+
+def load_state(run_dir: str | Path, num_conditions: int) -> TrainerState:
+    """The checkpoint of ``run_dir``, or a fresh state; ConfigError if it was for another condition count."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.exists():
+        return TrainerState.fresh(num_conditions)
+    data = json.loads(path.read_text())
+    state = TrainerState(
+        num_conditions=int(data["num_conditions"]),
+        completed_iterations=int(data["completed_iterations"]),
+        controller_ids=tuple(int(i) for i in data["controller_ids"]),
+        history=tuple(data["history"]),
+        session=int(data["session"]),
+    )
+    if state.num_conditions != num_conditions or len(state.controller_ids) != num_conditions:
+        raise ConfigError(f"{path} is for {state.num_conditions} conditions, the experiment has "
+                          f"{num_conditions}: use another run_dir")
+    return state
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, so a crash leaves old or new, whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_state(run_dir: str | Path, state: TrainerState) -> None:
+    write_json_atomic(Path(run_dir) / STATE_FILE, asdict(state))
+
+
+# ------------------------------------------------------------------------------------------- transport
+@dataclass(frozen=True)
+class TrialRequest:
+    """One RunTrial: condition, trial_id, controller_id the trainer expects, noise seed, add_noise."""
+
+    condition: int
+    trial_id: int
+    controller_id: int
+    seed: int
+    add_noise: bool = True
+    policy_kind: str = "lg"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """A finished trial: the sample's CDR bytes (what the bag stores), its arrays and metadata."""
+
+    raw: bytes
+    batch: SampleBatch
+    meta: SampleMetadata
+
+
+@dataclass(frozen=True)
+class ControllerUpdate:
+    """What the LQR step returned for one condition: the new controller's id and the step's figures."""
+
+    controller_id: int
+    eta: float
+    kl: float
+    epsilon: float
+    step_mult: float
+    expected_cost: float
+
+
+class Transport(Protocol):
+    """How the loop reaches the sampler, fitting and iLQR nodes (DDS in the node, in-process in tests)."""
+
+    def run_trial(self, request: TrialRequest) -> TrialResult | None:
+        """Run one trial and wait for its sample; None if it aborted or never arrived (it is re-run)."""
+
+    def decode(self, raw: bytes) -> TrialResult:
+        """A recorded sample (CDR bytes from a bag) as a TrialResult."""
+
+    def fit_dynamics(self, condition: int, iteration: int, samples: Sequence[TrialResult]) -> Any:
+        """Fitted dynamics of one condition (opaque to the loop; passed on to update_controller)."""
+
+    def update_controller(self, condition: int, iteration: int, dynamics: Any, samples: Sequence[TrialResult],
+                          reference: LinearGaussianController | None) -> ControllerUpdate:
+        """One KL-constrained LQR step; the new controller is published to the sampler."""
+
+
+class Hooks:
+    """Extension points for GPS mode; the defaults are LQR-FLM (no policy, no reference)."""
+
+    def before_c_step(self, iteration: int, batches: Sequence[SampleBatch]) -> None:
+        """Called with every condition's batch before the LQR steps (MDGPS: S-step, linearisation)."""
+
+    def reference_for(self, iteration: int, condition: int) -> LinearGaussianController | None:
+        """The KL reference of a condition's LQR step; None keeps it to the current controller (LQR-FLM)."""
+        return None
+
+    def after_iteration(self, iteration: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Extra history fields of a finished iteration (MDGPS: policy evaluation); before the checkpoint."""
+        return {}
+
+
+# -------------------------------------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class LoopSettings:
+    """iterations, samples_per_condition, base seed, attempts per trial, noiseless evaluation on/off."""
+
+    num_conditions: int
+    iterations: int
+    samples_per_condition: int
+    seed: int = 0
+    max_attempts: int = 5
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        n = self.samples_per_condition
+        if self.num_conditions < 1 or self.iterations < 0 or not 1 <= n < MAX_SAMPLES - 1:
+            raise ValueError(f"invalid loop settings {self}")
+        if not 1 <= self.max_attempts < MAX_ATTEMPTS:
+            raise ValueError(f"max_attempts must be in [1, {MAX_ATTEMPTS}), got {self.max_attempts}")
+
+
+class TrialFailedError(RuntimeError):
+    """A trial produced no usable sample in max_attempts attempts."""
+
+
+def sample_costs(cost: Cost, batch: SampleBatch) -> np.ndarray:
+    """Total cost Σ_t c(x_t, u_t) of each sample of a batch: (N,)."""
+    out = np.empty(batch.N)
+    for n in range(batch.N):
+        J = None if batch.ee_jacobians is None else batch.ee_jacobians[n]
+        out[n] = float(np.sum(cost.evaluate(batch.X[n], batch.U[n], J).l))
+    return out
+
+
+def final_distances(layout: StateLayout, batch: SampleBatch) -> np.ndarray:
+    """Mean distance of the ee points to their targets at the last step, per sample: (N,)."""
+    diff = batch.X[:, -1, layout.ee_points].reshape(batch.N, layout.n_points, 3)
+    return np.mean(np.linalg.norm(diff, axis=-1), axis=-1)
+
+
+@dataclass
+class _Clock:
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("sampling", "recording", "fitting", "lqr", "evaluation"), 0.0))
+
+    def add(self, key: str, start: float) -> None:
+        self.seconds[key] += time.perf_counter() - start
+
+
+class TrainerLoop:
+    """LQR-FLM iterations over a :class:`Transport`, resumable from ``run_dir`` (module docstring)."""
+
+    def __init__(self, run_dir: str | Path, settings: LoopSettings, transport: Transport, cost: Cost,
+                 layout: StateLayout, hooks: Hooks | None = None, log: Any = print) -> None:
+        self.run_dir = Path(run_dir)
+        self.settings, self.transport, self.cost, self.layout = settings, transport, cost, layout
+        self.hooks = Hooks() if hooks is None else hooks
+        self.log = log
+        self.store = SampleStore(self.run_dir)
+        self.state = load_state(self.run_dir, settings.num_conditions)
+        self.state = replace(self.state, session=self.state.session + 1)
+        save_state(self.run_dir, self.state)
+
+    def run(self) -> TrainerState:
+        """Run the remaining iterations; returns the final state (history has one record per iteration)."""
+        if self.state.completed_iterations:
+            done, session = self.state.completed_iterations, self.state.session
+            self.log(f"resuming at iteration {done} (session {session})")
+        while self.state.completed_iterations < self.settings.iterations:
+            self.iteration(self.state.completed_iterations)
+        return self.state
+
+    def iteration(self, i: int) -> dict[str, Any]:
+        """One iteration (module docstring); checkpoints and returns its history record."""
+        start, clock = time.perf_counter(), _Clock()
+        results = [self._sample_condition(i, m, clock) for m in range(self.settings.num_conditions)]
+        batches = [SampleBatch.concatenate([r.batch for r in rs]) for rs in results]
+        self.hooks.before_c_step(i, batches)
+        updates = [self._c_step(i, m, results[m], clock) for m in range(self.settings.num_conditions)]
+        new_ids = tuple(u.controller_id for u in updates)
+        evaluation = self._evaluate(i, new_ids, clock) if self.settings.evaluate else None
+        record = self._record(i, batches, updates, evaluation, clock, time.perf_counter() - start)
+        record.update(self.hooks.after_iteration(i, record))
+        self.state = replace(self.state, completed_iterations=i + 1, controller_ids=new_ids,
+                             history=self.state.history + (record,))
+        save_state(self.run_dir, self.state)
+        self.log(_summary_line(record))
+        return record
+
+    def _sample_condition(self, i: int, m: int, clock: _Clock) -> list[TrialResult]:
+        """All samples of batch (i, m): the recorded ones from the bags, the missing ones run now."""
+        start = time.perf_counter()
+        n = self.settings.samples_per_condition
+        recorded = self.store.samples(i, m)
+        if recorded:
+            self.log(f"iteration {i} condition {m}: {len(recorded)} of {n} samples already recorded")
+        for index in range(n):
+            if index not in recorded:
+                recorded[index] = self._run_trial(i, m, index, clock).raw
+        clock.add("sampling", start)
+        start = time.perf_counter()
+        self.store.close_batch(i, m, n)
+        clock.add("recording", start)
+        return [self.transport.decode(recorded[index]) for index in range(n)]
+
+    def _run_trial(self, i: int, m: int, index: int, clock: _Clock) -> TrialResult:
+        for attempt in range(self.settings.max_attempts):
+            request = TrialRequest(
+                condition=m, trial_id=trial_id(self.state.session, i, m, index, attempt),
+                controller_id=self.state.controller_ids[m],
+                seed=trial_seed(self.settings.seed, i, m, index, attempt))
+            result = self.transport.run_trial(request)
+            if result is not None and not result.meta.aborted:
+                start = time.perf_counter()
+                self.store.record_trial(i, m, index, result.raw, time.time_ns())
+                clock.add("recording", start)
+                clock.seconds["sampling"] -= time.perf_counter() - start  # counted once, as recording
+                return result
+            reason = "no sample" if result is None else f"aborted: {result.meta.abort_reason}"
+            self.log(f"trial {request.trial_id} (iteration {i}, condition {m}, sample {index}) {reason}; "
+                     "re-running")
+        raise TrialFailedError(f"iteration {i} condition {m} sample {index}: no sample in "
+                               f"{self.settings.max_attempts} attempts")
+
+    def _c_step(self, i: int, m: int, samples: list[TrialResult], clock: _Clock) -> ControllerUpdate:
+        start = time.perf_counter()
+        dynamics = self.transport.fit_dynamics(m, i, samples)
+        clock.add("fitting", start)
+        start = time.perf_counter()
+        update = self.transport.update_controller(m, i, dynamics, samples, self.hooks.reference_for(i, m))
+        clock.add("lqr", start)
+        return update
+
+    def _evaluate(self, i: int, ids: Sequence[int], clock: _Clock) -> list[TrialResult]:
+        """One noiseless trial per condition of the controllers just computed (not part of the bags)."""
+        start = time.perf_counter()
+        out = []
+        for m, cid in enumerate(ids):
+            for attempt in range(self.settings.max_attempts):
+                request = TrialRequest(m, trial_id(self.state.session, i, m, MAX_SAMPLES - 1, attempt), cid,
+                                       seed=0, add_noise=False)
+                result = self.transport.run_trial(request)
+                if result is not None and not result.meta.aborted:
+                    out.append(result)
+                    break
+            else:
+                raise TrialFailedError(f"iteration {i}: evaluation trial of condition {m} failed")
+        clock.add("evaluation", start)
+        return out
+
+    def _record(self, i: int, batches: Sequence[SampleBatch], updates: Sequence[ControllerUpdate],
+                evaluation: Sequence[TrialResult] | None, clock: _Clock, wall_s: float) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "iteration": i,
+            "mean_cost": [float(np.mean(sample_costs(self.cost, b))) for b in batches],
+            "mean_final_distance": [float(np.mean(final_distances(self.layout, b))) for b in batches],
+            "controller_ids": [u.controller_id for u in updates],
+            **{key: [float(getattr(u, key)) for u in updates]
+               for key in ("eta", "kl", "epsilon", "step_mult", "expected_cost")},
+            "seconds": {**clock.seconds, "total": wall_s},
+        }
+        if evaluation is not None:
+            record["eval_cost"] = [float(sample_costs(self.cost, r.batch)[0]) for r in evaluation]
+            record["eval_final_distance"] = [float(final_distances(self.layout, r.batch)[0])
+                                             for r in evaluation]
+        return record
+
+
+def _summary_line(record: dict[str, Any]) -> str:
+    dist = record.get("eval_final_distance", record["mean_final_distance"])
+    return (f"iteration {record['iteration']}: mean cost {np.mean(record['mean_cost']):.4g} "
+            f"(per condition {[round(c, 3) for c in record['mean_cost']]}), final distance (m) "
+            f"{[round(d, 4) for d in dist]}, step_mult {[round(s, 3) for s in record['step_mult']]}, "
+            f"{record['seconds']['total']:.2f} s")
+
+
+def run_summary(history: Sequence[dict[str, Any]]) -> str:
+    """One line: iterations, mean cost first → last, final ee distance per condition (cm) at the end."""
+    if not history:
+        return "no iteration finished"
+    first, last = history[0], history[-1]
+    key = "eval_final_distance" if "eval_final_distance" in last else "mean_final_distance"
+    dist = ", ".join(f"{100.0 * d:.2f}" for d in last[key])
+    return (f"{len(history)} iterations; mean cost {np.mean(first['mean_cost']):.4g} → "
+            f"{np.mean(last['mean_cost']):.4g}; final ee distance (cm) per condition: [{dist}]")
+
+
+def write_history(run_dir: str | Path, history: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write ``history.json`` and ``history.png`` (mean cost and final distance per iteration)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    write_json_atomic(run_dir / "history.json", list(history))
+    iters = [r["iteration"] for r in history]
+    fig, (ax_cost, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
+    costs = np.array([r["mean_cost"] for r in history])
+    key = "eval_final_distance" if history and "eval_final_distance" in history[0] else "mean_final_distance"
+    dists = np.array([r[key] for r in history])
+    for m in range(costs.shape[1] if costs.ndim == 2 else 0):
+        ax_cost.plot(iters, costs[:, m], marker="o", label=f"condition {m}")
+        ax_dist.plot(iters, dists[:, m] * 100.0, marker="o", label=f"condition {m}")
+    ax_cost.set(xlabel="iteration", ylabel="mean sample cost", title="cost")
+    title = "noiseless trial" if key.startswith("eval") else "mean over samples"
+    ax_dist.set(xlabel="iteration", ylabel="final ee distance (cm)", title=f"final distance ({title})")
+    ax_dist.axhline(2.0, color="gray", linestyle="--", linewidth=0.8)
+    ax_cost.legend()
+    fig.tight_layout()
+    png = run_dir / "history.png"
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+    return run_dir / "history.json", png

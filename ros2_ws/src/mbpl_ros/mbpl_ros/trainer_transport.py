@@ -1,0 +1,162 @@
+"""The trainer's link to the graph: RunTrial + samples, FitDynamics, UpdateController, with retries.
+
+* ``run_trial``: RunTrial until accepted (a refusal — e.g. "controller 7 for condition 2 not received
+  yet" — is retried with backoff 0.05 s → 1 s for up to ``refused_wait`` s), then wait up to
+  ``trial_timeout`` s for the sample with that trial_id on ``mbpl/samples`` (subscribed raw, so the
+  CDR bytes that go into the bags are exactly those on the wire);
+* ``fit_dynamics`` / ``update_controller``: asked again after ``service_timeout`` s without an answer
+  (a restarted server may have lost the request); safe because both services are idempotent.
+
+Every wait checks for SIGINT/SIGTERM and leaves with ExternalShutdownException.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from mbpl_msgs.msg import TrajectorySample
+from mbpl_msgs.srv import FitDynamics, RunTrial, UpdateController
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
+
+from mbpl_core.containers import LinearGaussianController
+from mbpl_ros import conversions
+from mbpl_ros.node_params import TrainerNodeParams
+from mbpl_ros.trainer_logic import ControllerUpdate, TrialRequest, TrialResult
+
+
+class GraphTransport:
+    """trainer_logic.Transport over the graph's services and topics, on the trainer's node.
+
+    Its methods block (they are called from the trainer's loop thread); the node must be spun by an
+    executor in another thread, which serves the clients' responses and the sample subscription.
+    """
+
+    def __init__(self, node: Node, params: TrainerNodeParams) -> None:
+        self.node, self.params = node, params
+        self.context = node.context
+        group = ReentrantCallbackGroup()
+        self._trial = node.create_client(RunTrial, "mbpl/run_trial", callback_group=group)
+        self._fit = node.create_client(FitDynamics, "mbpl/fit_dynamics", callback_group=group)
+        self._update = node.create_client(UpdateController, "mbpl/update_controller", callback_group=group)
+        self._samples: dict[int, bytes | None] = {}  # expected trial ids → raw sample once it arrived
+        self._cv = threading.Condition()
+        self._stopping = False
+        self.context.on_shutdown(self._wake)
+        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(TrajectorySample, "mbpl/samples", self._on_sample, qos, callback_group=group,
+                                 raw=True)
+
+    def get_logger(self) -> Any:
+        return self.node.get_logger()
+
+    def _wake(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+
+    def _check_running(self) -> None:
+        """Leave the loop (ExternalShutdownException) once SIGINT/SIGTERM shut the context down."""
+        if self._stopping or not self.context.ok():
+            raise ExternalShutdownException()
+
+    def _on_sample(self, raw: bytes) -> None:
+        trial = int(deserialize_message(raw, TrajectorySample).trial_id)
+        with self._cv:
+            if trial in self._samples:
+                self._samples[trial] = bytes(raw)
+                self._cv.notify_all()
+
+    def _call(self, client: Any, request: Any, timeout: float) -> Any:
+        """The response, or None after ``timeout`` s (also when the service is not up)."""
+        self._check_running()
+        try:
+            if not client.wait_for_service(timeout_sec=min(timeout, 5.0)):
+                return None
+            done = threading.Event()
+            future = client.call_async(request)
+            future.add_done_callback(lambda _: done.set())
+            deadline = time.monotonic() + timeout
+            while not done.wait(0.1):  # in slices, to notice SIGINT/SIGTERM
+                self._check_running()
+                if time.monotonic() > deadline:
+                    client.remove_pending_request(future)
+                    return None
+        except Exception:  # rcl raises once SIGINT/SIGTERM invalidated the context
+            self._check_running()
+            raise
+        self._check_running()
+        return future.result()
+
+    # -- Transport -----------------------------------------------------------------------------------
+    def run_trial(self, request: TrialRequest) -> TrialResult | None:
+        msg = RunTrial.Request(condition=request.condition, trial_id=request.trial_id, seed=request.seed,
+                               policy_kind=request.policy_kind, add_noise=request.add_noise,
+                               controller_id=request.controller_id)
+        with self._cv:
+            self._samples[request.trial_id] = None
+        try:
+            if not self._until_accepted(msg):
+                return None
+            with self._cv:
+                self._cv.wait_for(lambda: self._stopping or self._samples[request.trial_id] is not None,
+                                  self.params.trial_timeout)
+                raw = self._samples[request.trial_id]
+            self._check_running()
+            return None if raw is None else self.decode(raw)
+        finally:
+            with self._cv:
+                self._samples.pop(request.trial_id, None)
+
+    def _until_accepted(self, msg: RunTrial.Request) -> bool:
+        """Ask until the sampler accepts, backing off 0.05 s → 1 s; False after refused_wait seconds."""
+        deadline, delay, last = time.monotonic() + self.params.refused_wait, 0.05, ""
+        while time.monotonic() < deadline:
+            response = self._call(self._trial, msg, min(10.0, self.params.refused_wait))
+            if response is not None and response.accepted:
+                return True
+            if response is not None and response.message != last:
+                last = response.message
+                self.get_logger().info(f"trial {msg.trial_id} refused: {last}; retrying")
+            time.sleep(delay)
+            delay = min(1.0, 2.0 * delay)
+        self.get_logger().warning(f"trial {msg.trial_id} still refused after {self.params.refused_wait:g} s")
+        return False
+
+    def decode(self, raw: bytes) -> TrialResult:
+        batch, meta = conversions.msg_to_sample(deserialize_message(raw, TrajectorySample))
+        return TrialResult(raw, batch, meta)
+
+    def _ask(self, client: Any, request: Any, what: str) -> Any:
+        """Call an idempotent service until it answers (asked again after a timeout); raise if it fails."""
+        while True:
+            response = self._call(client, request, self.params.service_timeout)
+            if response is None:
+                timeout = self.params.service_timeout
+                self.get_logger().warning(f"{what}: no answer in {timeout:g} s; asking again")
+                continue
+            if not response.success:
+                raise RuntimeError(f"{what} failed: {response.message}")
+            return response
+
+    def fit_dynamics(self, condition: int, iteration: int, samples: Sequence[TrialResult]) -> Any:
+        msgs = [deserialize_message(s.raw, TrajectorySample) for s in samples]
+        request = FitDynamics.Request(condition=condition, iteration=iteration, samples=msgs)
+        return self._ask(self._fit, request, f"fit_dynamics({condition}, {iteration})").dynamics
+
+    def update_controller(self, condition: int, iteration: int, dynamics: Any, samples: Sequence[TrialResult],
+                          reference: LinearGaussianController | None) -> ControllerUpdate:
+        msgs = [deserialize_message(s.raw, TrajectorySample) for s in samples]
+        request = UpdateController.Request(condition=condition, iteration=iteration, dynamics=dynamics,
+                                           samples=msgs, has_reference=reference is not None)
+        if reference is not None:
+            request.reference = conversions.controller_to_msg(reference, condition, 0)
+        r = self._ask(self._update, request, f"update_controller({condition}, {iteration})")
+        return ControllerUpdate(int(r.controller.controller_id), r.eta, r.kl, r.epsilon, r.step_mult,
+                                r.expected_cost)
