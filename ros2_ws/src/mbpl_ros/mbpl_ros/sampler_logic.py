@@ -1,0 +1,812 @@
+"""Trial logic of the sampler node in plain Python (no rclpy): testable in-process against MujocoEnv.
+
+One trial of condition m runs a policy π for T steps::
+
+    x_t = [q_t, q̇_t, p(q_t) − p*_m, J(q_t) q̇_t]        (EndEffectorKinematics.state_and_jacobian)
+    u_t = clip(K_t x_t + k'_t, ±effort_limits),  k'_t = k_t + chol(pol_covar_t) ε_t   ("lg")
+    u_t = clip(f_θ(x_t) + chol(action_covar) ε_t, ±effort_limits)                     ("policy")
+
+with ε = generate_noise(T, dU, numpy.random.default_rng(seed), algorithm.noise) pre-drawn from the
+request's seed (zero when add_noise is false), so a trial is replayed exactly by
+``MujocoEnv.sample(controller, m, ε)``. Shapes: x (dX,), u (dU,), ε (T, dU), X (T, dX), U (T, dU),
+ee_jacobians (T, dP, dQ).
+
+Timing modes (:class:`SamplerParams.mode`):
+
+* ``lockstep`` — one command per received joint state: x_0 after the reset, then u_t is published and
+  the sim answers with x_{t+1}. u_{T-1} is recorded but not published (as MujocoEnv.sample does not
+  step after it, and a late command could otherwise pair with the next trial's reset state).
+  Between trials nothing is published: a lockstep sim does not move without commands.
+* ``realtime`` — a :class:`~mbpl_ros.rt_loop.DeadlineLoop` ticks at ``rate_hz`` and uses the latest
+  joint state; every command of the trial is published; between trials and after a fault it keeps
+  publishing the safe hold u = clip(hold_kp (q_hold − q) − hold_kd q̇) (zero effort by default, and
+  zero whenever the state is stale or invalid).
+
+A trial is aborted (its sample published with aborted = true and the reason) when no joint state
+arrives within ``state_timeout`` s, when a joint state is invalid (NaN/Inf, missing joints), or when the
+action is not finite. Controllers and policies are validated on arrival; a rejected one is counted with
+its reason and the last good one stays. A trial request snapshots the controller it will run, so a
+controller arriving during a trial only affects later trials (the swap happens at a trial boundary).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from mbpl_core.config import ConfigError, from_dict
+from mbpl_core.containers import LinearGaussianController, SampleBatch, ShapeError, StateLayout
+from mbpl_core.noise import NoiseConfig, generate_noise
+from mbpl_core.policy import GPSConfig, NumpyPolicy, PolicyParams
+from mbpl_ros.params import param
+from mbpl_ros.rt_loop import NS_PER_S, DeadlineLoop, LoopStats, TickInfo
+from mbpl_sim.experiment import ExperimentConfig
+from mbpl_sim.kinematics import EndEffectorKinematics
+from mbpl_sim.robot import load_robot_spec
+
+POLICY_KINDS = ("lg", "policy")
+MODES = ("lockstep", "realtime")
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    """Parameters of the sampler node (declared on the node with these defaults and descriptions)."""
+
+    config: str = param("experiment YAML file (robot, task, conditions, algorithm.noise, gps)", "")
+    mode: str = param('"lockstep": one command per joint state (sim); "realtime": deadline thread',
+                      "lockstep")
+    controller: str = param("efforts are published on <controller>/commands", "effort_controller")
+    rate_hz: float = param("realtime mode: control rate in Hz; 0 = 1/dt of the experiment", 0.0)
+    state_timeout: float = param("seconds without a joint state after which a trial is aborted", 1.0)
+    reset_service: str = param("ResetSim service called before every trial; empty: none (hardware)",
+                               "reset_sim")
+    reset_timeout: float = param("seconds to wait for the reset service to answer", 10.0)
+    hold_kp: float = param("safe hold (realtime): u = hold_kp (q_hold - q) - hold_kd qd; 0, 0: zero", 0.0)
+    hold_kd: float = param("safe hold damping gain (see hold_kp)", 0.0)
+    max_gain: float = param("controllers with any |K| entry above this are rejected", 1.0e4)
+    max_queued_trials: int = param("trial requests accepted beyond the running one; more are refused", 16)
+    controller_history: int = param("accepted controllers kept per condition (looked up by id)", 8)
+    diagnostics_period: float = param("seconds between /diagnostics messages", 1.0)
+    run_dir: str = param("run folder shared by the graph's nodes; empty: runs/<experiment name>", "")
+
+    def __post_init__(self) -> None:
+        if not self.config:
+            raise ConfigError("sampler: parameter 'config' (experiment YAML path) is required")
+        if self.mode not in MODES:
+            raise ConfigError(f"sampler: mode must be one of {MODES}, got {self.mode!r}")
+        if not self.controller or any(c.isspace() for c in self.controller):
+            raise ConfigError(f"sampler: invalid controller name {self.controller!r}")
+        positive = ("state_timeout", "reset_timeout", "max_gain", "diagnostics_period")
+        for name in positive:
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ConfigError(f"sampler: {name} must be a positive number, got {getattr(self, name)}")
+        for name in ("rate_hz", "hold_kp", "hold_kd"):
+            if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"sampler: {name} must be >= 0, got {getattr(self, name)}")
+        if self.max_queued_trials < 0 or self.controller_history < 1:
+            raise ConfigError("sampler: max_queued_trials must be >= 0 and controller_history >= 1, got "
+                              f"{self.max_queued_trials}, {self.controller_history}")
+
+
+# ------------------------------------------------------------------------------------------- robot
+@dataclass(frozen=True, eq=False)
+class RobotSetup:
+    """Everything a trial needs from the experiment, built from the robot model alone (as on hardware).
+
+    targets[m]: (P, 3) ee targets of condition m; effort_limits: (dU,); obs_indices: (dO,) state
+    entries the neural policy sees (gps.observation).
+    """
+
+    kinematics: EndEffectorKinematics
+    joint_names: tuple[str, ...]
+    effort_limits: np.ndarray
+    targets: tuple[np.ndarray, ...]
+    T: int
+    dt: float
+    noise: NoiseConfig
+    obs_indices: np.ndarray
+
+    @classmethod
+    def from_experiment(cls, experiment: ExperimentConfig) -> RobotSetup:
+        """Setup from the robot model alone (no scene), the training conditions, algorithm.noise and gps."""
+        model = load_robot_spec(experiment.robot).compile()
+        robot = experiment.robot
+        kinematics = EndEffectorKinematics(model, robot.joints, robot.ee.frame, robot.ee.points)
+        targets = tuple(experiment.target_points(c) for c in experiment.conditions("train"))
+        noise = from_dict(NoiseConfig, dict(experiment.algorithm.get("noise") or {}), "algorithm.noise")
+        gps = from_dict(GPSConfig, dict(experiment.gps or {}), "gps")
+        return cls(kinematics=kinematics, joint_names=tuple(robot.joints),
+                   effort_limits=model.actuator_ctrlrange[:, 1].copy(), targets=targets,
+                   T=experiment.task.T, dt=experiment.task.dt, noise=noise,
+                   obs_indices=gps.observation_indices(experiment.layout.dX))
+
+    @property
+    def layout(self) -> StateLayout:
+        """x = [q, q̇, ee points − target, ee velocities] of this robot."""
+        return self.kinematics.layout
+
+    @property
+    def dX(self) -> int:
+        """State dimension 2 dQ + 6 P."""
+        return self.layout.dX
+
+    @property
+    def dU(self) -> int:
+        """Action dimension (one effort per actuated joint)."""
+        return len(self.joint_names)
+
+    @property
+    def num_conditions(self) -> int:
+        """Number of training conditions."""
+        return len(self.targets)
+
+
+def trial_noise(seed: int, T: int, dU: int, config: NoiseConfig) -> np.ndarray:
+    """ε: (T, dU) = generate_noise(T, dU, numpy.random.default_rng(seed), config): the trial's noise."""
+    return generate_noise(T, dU, np.random.default_rng(int(seed)), config)
+
+
+# -------------------------------------------------------------------------------------- validation
+def validate_controller(controller: LinearGaussianController, setup: RobotSetup, max_gain: float) -> None:
+    """ShapeError unless K: (T, dU, dX) matches the experiment and max |K| <= max_gain.
+
+    Finiteness and positive-definite pol_covar are already guaranteed by the container.
+    """
+    expected = (setup.T, setup.dU, setup.dX)
+    if controller.K.shape != expected:
+        raise ShapeError(f"K has shape {controller.K.shape}, expected (T, dU, dX) = {expected}")
+    gain = float(np.max(np.abs(controller.K)))
+    if gain > max_gain:
+        raise ShapeError(f"max |K| = {gain:.3g} exceeds the gain bound max_gain = {max_gain:g}")
+
+
+class PolicyWeights(Protocol):
+    """The message-side weights (mbpl_ros.conversions.PolicyParams): W_i (out, in), b_i (out,)."""
+
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    obs_mean: np.ndarray
+    obs_std: np.ndarray
+    action_covar: np.ndarray
+    activation: str
+
+
+def build_numpy_policy(weights: PolicyWeights, setup: RobotSetup) -> NumpyPolicy:
+    """NumpyPolicy u = f((x[obs_indices] − obs_mean)/obs_std) for this robot; ShapeError if it does not fit.
+
+    Checks obs_dim = len(obs_indices), act_dim = dU, a relu/tanh activation, and that the action at
+    x = 0 is finite, so a policy whose weights overflow is never deployed.
+    """
+    params = PolicyParams(weights=tuple(zip(weights.weights, weights.biases, strict=True)),
+                          activation=weights.activation, obs_mean=weights.obs_mean, obs_std=weights.obs_std,
+                          obs_indices=setup.obs_indices, action_covar=weights.action_covar,
+                          state_dim=setup.dX)
+    if params.dU != setup.dU:
+        raise ShapeError(f"policy has {params.dU} actions, the robot has dU = {setup.dU}")
+    policy = NumpyPolicy(params)
+    policy.act(0, np.zeros(setup.dX), None)  # raises ShapeError on a non-finite action
+    return policy
+
+
+class ControllerStore:
+    """Accepted LG controllers per condition, the newest ``history`` kept and looked up by id.
+
+    Not thread-safe by itself: :class:`Sampler` calls it under its lock.
+    """
+
+    def __init__(self, num_conditions: int, history: int) -> None:
+        self._by_condition: list[OrderedDict[int, LinearGaussianController]] = [
+            OrderedDict() for _ in range(num_conditions)]
+        self.history = history
+
+    def add(self, condition: int, controller_id: int, controller: LinearGaussianController) -> None:
+        """Store a validated controller as the newest of its condition, evicting the oldest beyond history."""
+        store = self._by_condition[condition]
+        store.pop(controller_id, None)  # a re-sent id becomes the newest again
+        store[controller_id] = controller
+        while len(store) > self.history:
+            store.popitem(last=False)
+
+    def get(self, condition: int, controller_id: int) -> tuple[int, LinearGaussianController] | None:
+        """(id, controller); controller_id 0 means the newest accepted one. None if not received."""
+        store = self._by_condition[condition]
+        if controller_id == 0:
+            return next(reversed(store.items()), None)
+        found = store.get(controller_id)
+        return None if found is None else (controller_id, found)
+
+
+# ------------------------------------------------------------------------------------ state inbox
+@dataclass(frozen=True)
+class JointReading:
+    """One joint_states message: q, qd (dQ,), header stamp (s), receipt time (monotonic ns), sequence.
+
+    fault: non-empty when the message was invalid (NaN/Inf, missing joints); q, qd are then empty.
+    """
+
+    q: np.ndarray
+    qd: np.ndarray
+    stamp: float
+    received_ns: int
+    seq: int
+    fault: str = ""
+
+
+class StateInbox:
+    """The latest joint state, and a way to wait for a newer one (thread-safe)."""
+
+    def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self._cond = threading.Condition()
+        self._latest: JointReading | None = None
+        self._clock = clock
+
+    def put(self, q: np.ndarray, qd: np.ndarray, stamp: float, fault: str = "") -> JointReading:
+        """Store a reading (stamped with the receipt time) and wake the waiters; returns it."""
+        with self._cond:
+            seq = 1 if self._latest is None else self._latest.seq + 1
+            self._latest = JointReading(q, qd, float(stamp), self._clock(), seq, fault)
+            self._cond.notify_all()
+            return self._latest
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the latest reading (0 before the first)."""
+        latest = self._latest
+        return 0 if latest is None else latest.seq
+
+    def latest(self) -> JointReading | None:
+        """The newest reading, or None before the first."""
+        return self._latest
+
+    def wait_newer(self, seq: int, timeout: float,
+                   stop: threading.Event | None = None) -> JointReading | None:
+        """The latest reading once its seq > ``seq``; None after ``timeout`` s or when ``stop`` is set."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._latest is None or self._latest.seq <= seq:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (stop is not None and stop.is_set()):
+                    return None
+                self._cond.wait(min(remaining, 0.05))
+            return self._latest
+
+
+# ----------------------------------------------------------------------------------------- trials
+class TrialAbortError(RuntimeError):
+    """A running trial cannot go on; the message is the abort reason published with the sample."""
+
+
+class TrialRefusedError(ValueError):
+    """A trial request cannot be accepted; the message is the RunTrial answer."""
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """RunTrial: condition m, trial id, "lg" | "policy", noise seed, add_noise, expected controller id.
+
+    controller_id 0 means the newest accepted controller of the condition (ignored for "policy").
+    """
+
+    condition: int
+    trial_id: int
+    policy_kind: str = "lg"
+    seed: int = 0
+    add_noise: bool = True
+    controller_id: int = 0
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """A finished or aborted trial: X (n, dX), U (n, dU), ee_jacobians (n, dP, dQ), n = steps recorded.
+
+    n = T for a complete trial; an aborted one keeps the steps recorded before the fault (maybe none).
+    controller_id: the LG controller's id, or the policy id for policy_kind "policy".
+    Times: seconds (sim time in lockstep, wall time in realtime); deadline_misses during the trial.
+    """
+
+    request: TrialRequest
+    controller_id: int
+    X: np.ndarray
+    U: np.ndarray
+    ee_jacobians: np.ndarray
+    aborted: bool = False
+    abort_reason: str = ""
+    start_time: float = 0.0
+    end_time: float = 0.0
+    deadline_misses: int = 0
+
+    @property
+    def steps(self) -> int:
+        """Steps recorded (T unless aborted)."""
+        return int(self.X.shape[0])
+
+    def batch(self) -> SampleBatch | None:
+        """SampleBatch with N = 1 (X (1, n, dX), ...), or None when no step was recorded."""
+        if self.steps == 0:
+            return None
+        return SampleBatch(self.X[None], self.U[None], self.ee_jacobians[None])
+
+
+@dataclass(frozen=True, eq=False)
+class QueuedTrial:
+    """An accepted request with the controller or policy it will run (snapshot taken at acceptance)."""
+
+    request: TrialRequest
+    controller_id: int
+    source: LinearGaussianController | NumpyPolicy
+
+
+class TrialRecorder:
+    """Runs one trial step by step: x_t from (q_t, q̇_t), u_t = clip(π_t(x_t)), and records X, U, J."""
+
+    def __init__(self, setup: RobotSetup, queued: QueuedTrial) -> None:
+        request = queued.request
+        T, dU = setup.T, setup.dU
+        noise = trial_noise(request.seed, T, dU, setup.noise) if request.add_noise else None
+        self._act = self._action_function(queued.source, noise)
+        self.setup, self.queued = setup, queued
+        self._target = setup.targets[request.condition]
+        self.X = np.zeros((T, setup.dX))
+        self.U = np.zeros((T, dU))
+        self.J = np.zeros((T, setup.layout.dP, dU))
+        self.t = 0
+        self.start_time = self.end_time = 0.0
+
+    @staticmethod
+    def _action_function(source: LinearGaussianController | NumpyPolicy,
+                         noise: np.ndarray | None) -> Callable[[int, np.ndarray], np.ndarray]:
+        if isinstance(source, LinearGaussianController):
+            # k'_t = k_t + chol_t ε_t once per trial: one matrix-vector product per step, and replayable
+            folded = source if noise is None else source.with_noise_folded(noise)
+            return lambda t, x: folded.act(t, x)
+        return lambda t, x: source.act(t, x, None if noise is None else noise[t])
+
+    @property
+    def finished(self) -> bool:
+        """All T steps recorded."""
+        return self.t >= self.setup.T
+
+    def step(self, reading: JointReading | None, time_s: float) -> np.ndarray:
+        """Record step t of ``reading``; returns the clipped command u_t (dU,). TrialAbortError on faults."""
+        if reading is None:
+            raise TrialAbortError("no joint state received")
+        if reading.fault:
+            raise TrialAbortError(f"invalid joint state: {reading.fault}")
+        t = self.t
+        try:
+            x, jac = self.setup.kinematics.state_and_jacobian(reading.q, reading.qd, self._target)
+            u = self._act(t, x)
+        except ShapeError as err:
+            raise TrialAbortError(f"step {t}: {err}") from err
+        if not np.all(np.isfinite(u)):
+            raise TrialAbortError(f"step {t}: action is not finite: {u}")
+        limits = self.setup.effort_limits
+        u = np.clip(u, -limits, limits)
+        self.X[t], self.U[t], self.J[t] = x, u, jac
+        if t == 0:
+            self.start_time = time_s
+        self.end_time = time_s
+        self.t += 1
+        return u
+
+    def result(self, abort_reason: str = "", deadline_misses: int = 0) -> TrialResult:
+        """The steps recorded so far as a TrialResult; aborted iff abort_reason is non-empty."""
+        n = self.t
+        return TrialResult(request=self.queued.request, controller_id=self.queued.controller_id,
+                           X=self.X[:n].copy(), U=self.U[:n].copy(), ee_jacobians=self.J[:n].copy(),
+                           aborted=bool(abort_reason), abort_reason=abort_reason,
+                           start_time=self.start_time, end_time=self.end_time,
+                           deadline_misses=deadline_misses)
+
+
+class SafeHold:
+    """The command held between trials and after faults: u = clip(kp (q_hold − q) − kd q̇), (dU,).
+
+    q_hold is latched from the first state after :meth:`engage`; zero effort when kp = kd = 0, and
+    whenever the state is missing, stale or invalid (a hold on a stale state could push anywhere).
+    """
+
+    def __init__(self, kp: float, kd: float, effort_limits: np.ndarray) -> None:
+        self.kp, self.kd = float(kp), float(kd)
+        self.limits = np.asarray(effort_limits, dtype=np.float64)
+        self._q_hold: np.ndarray | None = None
+
+    def engage(self) -> None:
+        """Hold the position of the next state (called whenever a trial ends)."""
+        self._q_hold = None
+
+    def command(self, reading: JointReading | None, fresh: bool) -> np.ndarray:
+        """The hold command (dU,) for the latest reading; ``fresh``: it is younger than state_timeout."""
+        if self.kp == 0.0 and self.kd == 0.0 or reading is None or reading.fault or not fresh:
+            return np.zeros_like(self.limits)
+        if self._q_hold is None:
+            self._q_hold = reading.q.copy()
+        u = self.kp * (self._q_hold - reading.q) - self.kd * reading.qd
+        return np.clip(u, -self.limits, self.limits)
+
+
+@dataclass
+class SamplerCounters:
+    """What the sampler reports on /diagnostics (besides loop timing)."""
+
+    states_received: int = 0
+    states_rejected: int = 0
+    controllers_received: int = 0
+    controllers_rejected: int = 0
+    policies_received: int = 0
+    policies_rejected: int = 0
+    trials_requested: int = 0
+    trials_refused: int = 0
+    trials_completed: int = 0
+    trials_aborted: int = 0
+    commands_published: int = 0
+    last_reject_reason: str = ""
+    last_refuse_reason: str = ""
+    last_abort_reason: str = ""
+
+    @property
+    def messages_rejected(self) -> int:
+        """Rejected joint states, controllers and policies."""
+        return self.states_rejected + self.controllers_rejected + self.policies_rejected
+
+
+class Percentiles:
+    """Ring buffer of the last ``window`` values with p50/p99 (thread-safe enough: one writer)."""
+
+    def __init__(self, window: int = 10_000) -> None:
+        self._values = np.zeros(window)
+        self._count = 0
+
+    def add(self, value: float) -> None:
+        """Record one value (overwrites the oldest once the window is full)."""
+        self._values[self._count % self._values.size] = value
+        self._count += 1
+
+    def summary(self, name: str) -> dict[str, float]:
+        """{name_p50, name_p99} over the window; empty before the first value."""
+        n = min(self._count, self._values.size)
+        if n == 0:
+            return {}
+        values = self._values[:n].copy()
+        p50, p99 = np.percentile(values, [50, 99])
+        return {f"{name}_p50": float(p50), f"{name}_p99": float(p99)}
+
+
+# ---------------------------------------------------------------------------------------- sampler
+class SamplerIO(Protocol):
+    """What the sampler needs from the outside world (the ROS node, or a test's in-process sim)."""
+
+    def publish_command(self, u: np.ndarray) -> None: ...  # (dU,) efforts
+
+    def publish_sample(self, result: TrialResult) -> None: ...
+
+    def reset(self, condition: int, timeout: float) -> None: ...  # raises TrialAbortError with the reason
+
+    def log(self, level: str, text: str) -> None: ...  # level: "info" | "warn" | "error"
+
+
+@dataclass
+class _ActiveTrial:
+    """The realtime loop's current trial and how the worker learns that it ended."""
+
+    recorder: TrialRecorder
+    misses_at_start: int
+    done: threading.Event = field(default_factory=threading.Event)
+    abort_reason: str = ""
+
+
+class Sampler:
+    """Trial requests, controller/policy stores, the trial worker thread and (realtime) the control loop.
+
+    Threads: the caller's (ROS callbacks: :meth:`on_state`, :meth:`offer_controller`,
+    :meth:`request_trial`, ...), the worker (:meth:`serve`: resets, lockstep steps, sample publication)
+    and, in realtime mode, the :class:`DeadlineLoop` calling :meth:`tick`.
+    """
+
+    def __init__(self, params: SamplerParams, setup: RobotSetup, io: SamplerIO,
+                 clock: Callable[[], int] = time.monotonic_ns, wall: Callable[[], float] = time.time) -> None:
+        self.params, self.setup, self.io = params, setup, io
+        self.clock, self.wall = clock, wall
+        self.inbox = StateInbox(clock)
+        self.counters = SamplerCounters()
+        self.period_s = 1.0 / params.rate_hz if params.rate_hz > 0 else setup.dt
+        self.realtime = params.mode == "realtime"
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._controllers = ControllerStore(setup.num_conditions, params.controller_history)
+        self._policy: tuple[int, NumpyPolicy] | None = None
+        self._queue: deque[QueuedTrial] = deque()
+        self._running_id: int | None = None
+        self._consumed_seq = 0
+        self._last_state_warning_ns = -NS_PER_S * 10
+        self._active: _ActiveTrial | None = None
+        self._hold = SafeHold(params.hold_kp, params.hold_kd, setup.effort_limits)
+        self._stop = threading.Event()
+        self.loop = DeadlineLoop(self.period_s, self.tick, name="sampler_rt") if self.realtime else None
+        self.step_stats = self.loop.stats if self.loop else LoopStats(int(round(self.period_s * NS_PER_S)))
+        self.state_age_us = Percentiles()
+        self._worker = threading.Thread(target=self.serve, name="sampler_worker", daemon=True)
+        if self.realtime and abs(self.period_s - setup.dt) > 1e-9 * setup.dt:
+            io.log("warn", f"rate_hz = {params.rate_hz:g} is not the experiment's 1/dt = {1 / setup.dt:g}: "
+                           "controllers fitted at dt run at another period")
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread and, in realtime mode, the control loop (the safe hold begins)."""
+        self._worker.start()
+        if self.loop is not None:
+            self.loop.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker and the control loop (a running trial is aborted and not published)."""
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self.loop is not None:
+            self.loop.stop(timeout)
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+
+    # -- inputs --------------------------------------------------------------------------------------
+    def on_state(self, q: np.ndarray, qd: np.ndarray, stamp: float) -> None:
+        """A valid joint state: q, qd (dQ,) in the experiment's joint order; stamp (s)."""
+        self.counters.states_received += 1
+        self.inbox.put(q, qd, stamp)
+
+    def on_bad_state(self, reason: str) -> None:
+        """An invalid joint state (NaN/Inf, missing joints): counted, and it aborts a running trial."""
+        self.counters.states_received += 1
+        self.counters.states_rejected += 1
+        self.counters.last_reject_reason = f"joint state: {reason}"
+        self.inbox.put(np.zeros(0), np.zeros(0), 0.0, fault=reason)
+        now = self.clock()
+        if now - self._last_state_warning_ns > NS_PER_S:  # a faulty driver can send 1000 of them a second
+            self._last_state_warning_ns = now
+            self.io.log("warn", f"invalid joint state ({self.counters.states_rejected} so far): {reason}")
+
+    def _reject(self, kind: str, reason: str) -> None:
+        setattr(self.counters, f"{kind}_rejected", getattr(self.counters, f"{kind}_rejected") + 1)
+        self.counters.last_reject_reason = reason
+        self.io.log("warn", f"rejected {reason}; the last good one stays")
+
+    def offer_controller(self, condition: int, controller_id: int,
+                         controller: LinearGaussianController | Exception) -> bool:
+        """Validate and store a controller (or count the conversion error it is); True if accepted."""
+        self.counters.controllers_received += 1
+        what = f"controller {controller_id} for condition {condition}"
+        if isinstance(controller, Exception):
+            self._reject("controllers", f"{what}: {controller}")
+            return False
+        try:
+            if not 0 <= condition < self.setup.num_conditions:
+                raise ShapeError(f"condition out of range [0, {self.setup.num_conditions})")
+            validate_controller(controller, self.setup, self.params.max_gain)
+        except (ShapeError, ValueError) as err:
+            self._reject("controllers", f"{what}: {err}")
+            return False
+        with self._lock:
+            self._controllers.add(condition, controller_id, controller)
+        self.io.log("info", f"accepted {what}")
+        return True
+
+    def offer_policy(self, policy_id: int, weights: PolicyWeights | Exception) -> bool:
+        """Validate and deploy policy weights (or count the conversion error); True if accepted."""
+        self.counters.policies_received += 1
+        if isinstance(weights, Exception):
+            self._reject("policies", f"policy {policy_id}: {weights}")
+            return False
+        try:
+            policy = build_numpy_policy(weights, self.setup)
+        except (ShapeError, ValueError) as err:
+            self._reject("policies", f"policy {policy_id}: {err}")
+            return False
+        with self._lock:
+            self._policy = (policy_id, policy)
+        self.io.log("info", f"deployed policy {policy_id}")
+        return True
+
+    def request_trial(self, request: TrialRequest) -> tuple[bool, str]:
+        """Accept (queue) or refuse a RunTrial request at once; returns (accepted, message)."""
+        with self._wake:
+            self.counters.trials_requested += 1
+            queued_ids = [q.request.trial_id for q in self._queue]
+            if request.trial_id == self._running_id or request.trial_id in queued_ids:
+                return True, f"trial {request.trial_id} is already queued"
+            try:
+                queued = self._resolve(request)
+                limit = self.params.max_queued_trials + (self._running_id is None)
+                if len(self._queue) >= limit:
+                    raise TrialRefusedError(f"busy: {len(self._queue)} trials queued")
+            except TrialRefusedError as err:
+                self.counters.trials_refused += 1
+                self.counters.last_refuse_reason = str(err)
+                return False, str(err)
+            self._queue.append(queued)
+            self._wake.notify_all()
+        return True, f"trial {request.trial_id} queued at position {len(queued_ids) + 1}"
+
+    def _resolve(self, request: TrialRequest) -> QueuedTrial:
+        """The request with its controller or policy snapshot; TrialRefusedError naming what is missing."""
+        m = request.condition
+        if request.policy_kind not in POLICY_KINDS:
+            raise TrialRefusedError(f"policy_kind must be one of {POLICY_KINDS}, got {request.policy_kind!r}")
+        if not 0 <= m < self.setup.num_conditions:
+            raise TrialRefusedError(f"condition {m} out of range [0, {self.setup.num_conditions})")
+        if request.policy_kind == "policy":
+            if self._policy is None:
+                raise TrialRefusedError("no policy received yet")
+            return QueuedTrial(request, self._policy[0], self._policy[1])
+        found = self._controllers.get(m, request.controller_id)
+        if found is None:
+            which = f"controller {request.controller_id}" if request.controller_id else "a controller"
+            raise TrialRefusedError(f"{which} for condition {m} not received yet")
+        return QueuedTrial(request, found[0], found[1])
+
+    # -- worker ----------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Worker thread: run queued trials one after another and publish each sample."""
+        while not self._stop.is_set():
+            with self._wake:
+                if not self._queue:
+                    self._wake.wait(0.1)
+                    continue
+                queued = self._queue.popleft()
+                self._running_id = queued.request.trial_id
+            result = self.run_trial(queued)
+            with self._lock:
+                self._running_id = None
+            if self._stop.is_set():
+                return  # a trial cut short by shutdown is not a sample
+            try:
+                self._report(result)
+            except Exception as err:  # noqa: BLE001 - the worker must outlive one failed publication
+                self.io.log("error", f"could not publish trial {queued.request.trial_id}: {err!r}")
+
+    def _report(self, result: TrialResult) -> None:
+        what = f"trial {result.request.trial_id} (condition {result.request.condition})"
+        if result.aborted:
+            self.counters.trials_aborted += 1
+            self.counters.last_abort_reason = f"{what}: {result.abort_reason}"
+            self.io.log("warn", f"{what} aborted after {result.steps} steps: {result.abort_reason}")
+        else:
+            self.counters.trials_completed += 1
+            misses = result.deadline_misses
+            self.io.log("info", f"{what} done: {result.steps} steps, {misses} deadline misses")
+        self.io.publish_sample(result)
+
+    def run_trial(self, queued: QueuedTrial) -> TrialResult:
+        """Reset, wait for the first state, run T steps; aborted results carry the reason."""
+        recorder = TrialRecorder(self.setup, queued)
+        try:
+            first = self._first_state(queued.request.condition)
+            if self.realtime:
+                return self._run_realtime(recorder)
+            self._run_lockstep(recorder, first)
+        except TrialAbortError as err:
+            return recorder.result(abort_reason=str(err))
+        except Exception as err:  # noqa: BLE001 - e.g. a failed publish: abort the trial, keep serving
+            return recorder.result(abort_reason=f"internal error: {err!r}")
+        return recorder.result()
+
+    def _first_state(self, condition: int) -> JointReading:
+        """The state a trial starts from: the first one after the reset (or, without one, an unused one).
+
+        Lockstep: the sim publishes x_0 before answering the reset and nothing else until a command,
+        so any state newer than the last one before the call is x_0. Realtime: states stream, and one
+        published just before the reset may still be in flight, so only a state received after the
+        answer counts.
+        """
+        seq = self.inbox.seq if self.realtime else self._consumed_seq
+        after = ""
+        if self.params.reset_service:
+            seq, after = self.inbox.seq, " after the reset"
+            self.io.reset(condition, self.params.reset_timeout)
+            if self.realtime:
+                seq = self.inbox.seq
+        reading = self.inbox.wait_newer(seq, self.params.state_timeout, self._stop)
+        if reading is None:
+            raise TrialAbortError(self._no_state_reason(after))
+        return reading
+
+    def _no_state_reason(self, after: str = "") -> str:
+        if self._stop.is_set():
+            return "sampler shutting down"
+        return f"stale state: no joint_states within state_timeout = {self.params.state_timeout:g} s{after}"
+
+    def _run_lockstep(self, recorder: TrialRecorder, reading: JointReading) -> None:
+        """One step per received state; u_{T-1} is recorded but not published (see the module docstring)."""
+        T = self.setup.T
+        for t in range(T):
+            start = self.clock()
+            self._consumed_seq = reading.seq
+            u = recorder.step(reading, reading.stamp)
+            if t < T - 1:
+                self.io.publish_command(u)
+                self.counters.commands_published += 1
+            end = self.clock()
+            self.step_stats.record(TickInfo(t, start, start), end)
+            self.state_age_us.add((end - reading.received_ns) * 1e-3)
+            if t < T - 1:
+                nxt = self.inbox.wait_newer(reading.seq, self.params.state_timeout, self._stop)
+                if nxt is None:
+                    raise TrialAbortError(self._no_state_reason())
+                reading = nxt
+
+    def _run_realtime(self, recorder: TrialRecorder) -> TrialResult:
+        """Hand the trial to the control loop and wait until it completes or aborts."""
+        assert self.loop is not None
+        active = _ActiveTrial(recorder, self.step_stats.deadline_misses)
+        self._active = active
+        while not active.done.wait(0.1):
+            if self._stop.is_set() or not self.loop.running:
+                self._active = None
+                died = f"control loop died: {self.loop.error}"
+                reason = "sampler shutting down" if self._stop.is_set() else died
+                return recorder.result(abort_reason=reason)
+        misses = self.step_stats.deadline_misses - active.misses_at_start
+        return recorder.result(abort_reason=active.abort_reason, deadline_misses=misses)
+
+    # -- realtime control loop ---------------------------------------------------------------------------
+    def _fresh(self, reading: JointReading | None, now_ns: int) -> bool:
+        timeout_ns = self.params.state_timeout * NS_PER_S
+        return reading is not None and now_ns - reading.received_ns <= timeout_ns
+
+    def tick(self, info: TickInfo) -> None:
+        """One control period: a step of the active trial, or the safe hold between trials."""
+        reading = self.inbox.latest()
+        fresh = self._fresh(reading, info.start_ns)
+        active = self._active
+        if active is None:
+            self._publish(self._hold.command(reading, fresh))
+            return
+        try:
+            if not fresh:
+                raise TrialAbortError(self._no_state_reason())
+            u = active.recorder.step(reading, self.wall())
+        except TrialAbortError as err:
+            active.abort_reason = str(err)
+            self._end_active(active)
+            self._publish(self._hold.command(reading, fresh=False))
+            return
+        self._publish(u)
+        assert reading is not None
+        self.state_age_us.add((self.clock() - reading.received_ns) * 1e-3)
+        if active.recorder.finished:
+            self._end_active(active)
+
+    def _end_active(self, active: _ActiveTrial) -> None:
+        self._active = None
+        self._hold.engage()
+        active.done.set()
+
+    def _publish(self, u: np.ndarray) -> None:
+        self.io.publish_command(u)
+        self.counters.commands_published += 1
+
+    # -- diagnostics -------------------------------------------------------------------------------------
+    def diagnostics(self) -> tuple[bool, str, dict[str, str]]:
+        """(ok, one-line summary, key → value) for /diagnostics.
+
+        Timing keys: achieved_rate_hz, deadline_misses, period_jitter_p50/p99_us, compute_p50/p99_us
+        (realtime: per tick; lockstep: per step, rate in steps per wall-clock second, no deadlines) and
+        state_age_us_p50/p99 (joint state receipt → command published).
+        """
+        c = self.counters
+        timing = self.step_stats.summary() | self.state_age_us.summary("state_age_us")
+        values = {k: v for k, v in vars(c).items()} | {"messages_rejected": c.messages_rejected}
+        values |= {k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in timing.items()}
+        values |= {"mode": self.params.mode, "rate_hz": f"{1.0 / self.period_s:g}",
+                   "queued_trials": len(self._queue), "running_trial": self._running_id}
+        if self.loop is not None:
+            values["control_loop"] = "running" if self.loop.running else f"stopped: {self.loop.error!r}"
+        loop_dead = self.loop is not None and self.loop.error is not None
+        ok = not (c.messages_rejected or c.trials_aborted or self.step_stats.deadline_misses or loop_dead)
+        message = (f"{self.params.mode}: {c.trials_completed} trials done, {c.trials_aborted} aborted, "
+                   f"{c.messages_rejected} messages rejected")
+        return ok, message, {k: str(v) for k, v in values.items()}

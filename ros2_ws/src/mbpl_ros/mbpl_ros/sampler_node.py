@@ -1,0 +1,201 @@
+"""Sampler node: runs LG controllers (or the deployed policy) on the robot or the sim, publishes trajectories.
+
+A thin ROS shell over :class:`mbpl_ros.sampler_logic.Sampler` (trial logic, timing modes, safety: see
+that module). Relative names, so a namespace moves them all:
+
+* serves ``mbpl/run_trial`` (mbpl_msgs/RunTrial; answered at once, the trial is queued);
+* subscribes ``joint_states``, ``mbpl/controllers`` (LinearGaussianController) and ``mbpl/policy``
+  (PolicyParameters), the last two reliable + transient-local so a late-joining sampler gets them;
+* publishes ``<controller>/commands`` (std_msgs/Float64MultiArray), ``mbpl/samples``
+  (TrajectorySample at trial end) and ``/diagnostics``; calls ``reset_sim`` (ResetSim) before a trial.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from mbpl_msgs.msg import LinearGaussianController as ControllerMsg
+from mbpl_msgs.msg import PolicyParameters, TrajectorySample
+from mbpl_msgs.srv import ResetSim, RunTrial
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from mbpl_core.config import ConfigError
+from mbpl_core.containers import ShapeError
+from mbpl_ros import conversions
+from mbpl_ros.params import declare_parameters
+from mbpl_ros.sampler_logic import (
+    RobotSetup,
+    Sampler,
+    SamplerParams,
+    TrialAbortError,
+    TrialRequest,
+    TrialResult,
+)
+from mbpl_ros.sim_node import COMMAND_QOS, STATE_QOS
+from mbpl_sim.experiment import load_experiment
+
+LATCHED_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# a late-joining sampler must get the newest controller of every condition, however many there are
+CONTROLLERS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# realtime: any driver's joint_states QoS is compatible with best effort, and a lost state is superseded
+REALTIME_STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+def _empty_sample(meta: conversions.SampleMetadata, stamp: Any) -> TrajectorySample:
+    """An aborted trial with no recorded step: metadata only, t_steps = 0 (conversions needs T >= 1)."""
+    msg = TrajectorySample(condition=meta.condition, trial_id=meta.trial_id, controller_id=meta.controller_id,
+                           policy_kind=meta.policy_kind, aborted=meta.aborted, abort_reason=meta.abort_reason,
+                           start_time=meta.start_time, end_time=meta.end_time, seed=meta.seed,
+                           add_noise=meta.add_noise)
+    msg.header.stamp = stamp
+    return msg
+
+
+class SamplerNode(Node):
+    """ROS I/O of one :class:`Sampler` (it implements the sampler's SamplerIO protocol)."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__("sampler", **node_kwargs)
+        self.params = declare_parameters(self, SamplerParams)
+        setup = RobotSetup.from_experiment(load_experiment(self.params.config))
+        self.joint_order = conversions.JointOrder(setup.joint_names)
+        self._command_pub = self.create_publisher(
+            Float64MultiArray, f"{self.params.controller}/commands", COMMAND_QOS)
+        self._sample_pub = self.create_publisher(TrajectorySample, "mbpl/samples", LATCHED_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._reset = None
+        if self.params.reset_service:
+            self._reset = self.create_client(ResetSim, self.params.reset_service)
+        self.sampler = Sampler(self.params, setup, self)
+        state_qos = REALTIME_STATE_QOS if self.sampler.realtime else STATE_QOS
+        self.create_subscription(JointState, "joint_states", self._on_joint_state, state_qos)
+        self.create_subscription(ControllerMsg, "mbpl/controllers", self._on_controller, CONTROLLERS_QOS)
+        self.create_subscription(PolicyParameters, "mbpl/policy", self._on_policy, LATCHED_QOS)
+        self.create_service(RunTrial, "mbpl/run_trial", self._on_run_trial)
+        self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
+        self.sampler.start()
+        self.get_logger().info(
+            f"{self.params.mode} sampler of {self.params.config} at {1.0 / self.sampler.period_s:g} Hz: "
+            f"{setup.num_conditions} conditions, T={setup.T}, dX={setup.dX}, dU={setup.dU}")
+
+    # -- inputs ----------------------------------------------------------------------------------------
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            q, qd = self.joint_order.extract(msg)
+        except ShapeError as err:
+            self.sampler.on_bad_state(str(err))
+            return
+        self.sampler.on_state(q, qd, conversions.time_to_seconds(msg.header.stamp))
+
+    def _on_controller(self, msg: ControllerMsg) -> None:
+        try:
+            controller: Any = conversions.msg_to_controller(msg)
+        except ShapeError as err:
+            controller = err
+        self.sampler.offer_controller(int(msg.condition), int(msg.controller_id), controller)
+
+    def _on_policy(self, msg: PolicyParameters) -> None:
+        try:
+            weights: Any = conversions.msg_to_policy_params(msg)
+        except ShapeError as err:
+            weights = err
+        self.sampler.offer_policy(int(msg.policy_id), weights)
+
+    def _on_run_trial(self, request: RunTrial.Request, response: RunTrial.Response) -> RunTrial.Response:
+        trial = TrialRequest(condition=int(request.condition), trial_id=int(request.trial_id),
+                             policy_kind=request.policy_kind, seed=int(request.seed),
+                             add_noise=bool(request.add_noise), controller_id=int(request.controller_id))
+        response.accepted, response.message = self.sampler.request_trial(trial)
+        return response
+
+    # -- SamplerIO --------------------------------------------------------------------------------------
+    def publish_command(self, u: np.ndarray) -> None:
+        """Efforts u (dU,) on <controller>/commands."""
+        if self.context.ok():  # the control thread may tick once more while SIGINT shuts rclpy down
+            self._command_pub.publish(conversions.efforts_to_msg(u))
+
+    def publish_sample(self, result: TrialResult) -> None:
+        """The trial as a TrajectorySample on mbpl/samples (aborted ones too, with their reason)."""
+        request = result.request
+        meta = conversions.SampleMetadata(
+            condition=request.condition, trial_id=request.trial_id, controller_id=result.controller_id,
+            policy_kind=request.policy_kind, aborted=result.aborted, abort_reason=result.abort_reason,
+            start_time=result.start_time, end_time=result.end_time, deadline_misses=result.deadline_misses,
+            seed=request.seed, add_noise=request.add_noise)
+        batch = result.batch()
+        stamp = self.get_clock().now().to_msg()
+        msg = conversions.sample_to_msg(batch, meta, stamp) if batch else _empty_sample(meta, stamp)
+        self._sample_pub.publish(msg)
+
+    def reset(self, condition: int, timeout: float) -> None:
+        """Call ResetSim (blocking: runs on the sampler's worker thread); TrialAbortError on failure."""
+        assert self._reset is not None
+        name = self.params.reset_service
+        if not self._reset.wait_for_service(timeout_sec=timeout):
+            raise TrialAbortError(f"reset service '{name}' not available within {timeout:g} s")
+        done = threading.Event()
+        future = self._reset.call_async(ResetSim.Request(condition=condition))
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout) or future.result() is None:
+            raise TrialAbortError(f"reset service '{name}' did not answer within {timeout:g} s")
+        if not future.result().success:
+            raise TrialAbortError(f"reset to condition {condition} failed: {future.result().message}")
+
+    def log(self, level: str, text: str) -> None:
+        """Log through the node's logger; level "info" | "warn" | "error"."""
+        logger = self.get_logger()  # one call site per severity: rclpy refuses mixing them on one line
+        if level == "info":
+            logger.info(text)
+        elif level == "warn":
+            logger.warning(text)
+        else:
+            logger.error(text)
+
+    def _publish_diagnostics(self) -> None:
+        ok, message, values = self.sampler.diagnostics()
+        status = DiagnosticStatus(name=f"mbpl_sampler: {self.get_fully_qualified_name()}",
+                                  hardware_id="mbpl_sampler", message=message,
+                                  level=DiagnosticStatus.OK if ok else DiagnosticStatus.WARN)
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the sampler node until SIGINT/SIGTERM; exit code 2 on a configuration error."""
+    rclpy.init(args=args)
+    node: SamplerNode | None = None
+    try:
+        node = SamplerNode()
+        # No callback here blocks (resets are awaited on the sampler's worker thread), and rclpy's
+        # MultiThreadedExecutor was measured to burn a whole core on 100 Hz joint_states and starve
+        # the control thread (25 Hz achieved of 100): one executor thread it is.
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ConfigError as err:
+        print(f"sampler node: configuration error: {err}", flush=True)
+        return 2
+    finally:
+        if node is not None:
+            node.sampler.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
