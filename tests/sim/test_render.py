@@ -52,3 +52,13 @@ def test_render_frames_rejects_wrong_qpos(gl: None, shipped_experiments: dict[st
 def test_unsupported_video_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unsupported video format"):
         render.write_video(np.zeros((2, 8, 8, 3), dtype=np.uint8), tmp_path / "run.png", fps=10)
+
+
+def test_mp4_video_has_every_frame(gl: None, tmp_path: Path,
+                                   shipped_experiments: dict[str, ExperimentConfig]) -> None:
+    experiment = shipped_experiments["reacher2_sim"]
+    env = MujocoEnv(replace(experiment, task=replace(experiment.task, T=8)))
+    batch = env.sample(_Push(), 0, None)
+    video = render.render_sample(env, batch, 0, tmp_path / "run.mp4", None, 96, 64)
+    frames = iio.imread(video, index=None)
+    assert frames.shape[0] == env.T and frames.shape[1:3] == (64, 96)
