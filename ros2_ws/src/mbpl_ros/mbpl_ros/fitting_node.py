@@ -12,16 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import rclpy
 from mbpl_msgs.msg import LinearDynamics as LinearDynamicsMsg
 from mbpl_msgs.srv import FitDynamics
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from mbpl_core.config import ConfigError
 from mbpl_core.containers import SampleBatch, ShapeError
 from mbpl_ros import conversions
+from mbpl_ros.node_main import spin_node
 from mbpl_ros.node_params import FittingNodeParams, load_settings
 from mbpl_ros.params import declare_parameters
 from mbpl_ros.step_logic import StaleRequestError, fit, fitting_conditions
@@ -80,23 +78,7 @@ class FittingNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Run the fitting node until SIGINT/SIGTERM; exit code 2 on a configuration error."""
-    rclpy.init(args=args)
-    node: FittingNode | None = None
-    try:
-        node = FittingNode()
-        executor = SingleThreadedExecutor()  # one handler, which waits on nothing else
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ConfigError as err:
-        print(f"fitting node: configuration error: {err}", flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(FittingNode, "fitting node", args)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import rclpy
 from mbpl_msgs.msg import LinearGaussianController as ControllerMsg
 from mbpl_msgs.srv import UpdateController
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
-from mbpl_core.config import ConfigError
 from mbpl_core.containers import ShapeError
 from mbpl_core.costs import build_cost
 from mbpl_ros import conversions
 from mbpl_ros.fitting_node import latched_qos, samples_to_batch
+from mbpl_ros.node_main import spin_node
 from mbpl_ros.node_params import IlqrNodeParams, load_settings
 from mbpl_ros.params import declare_parameters
 from mbpl_ros.step_logic import StaleRequestError, lqr_conditions, lqr_step
@@ -93,23 +91,7 @@ class IlqrNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Run the iLQR node until SIGINT/SIGTERM; exit code 2 on a configuration error."""
-    rclpy.init(args=args)
-    node: IlqrNode | None = None
-    try:
-        node = IlqrNode()
-        executor = SingleThreadedExecutor()  # one handler, which waits on nothing else
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ConfigError as err:
-        print(f"ilqr node: configuration error: {err}", flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(IlqrNode, "iLQR node", args)
 
 
 if __name__ == "__main__":
