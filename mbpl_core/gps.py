@@ -3,9 +3,15 @@
 Montgomery & Levine, NIPS 2016, "Guided Policy Search as Approximate Mirror Descent" (Alg. 2);
 Levine et al., JMLR 2016 (§4, App. B). One iteration, per condition m:
   1. sample N trajectories from the LG controller p_m (or from the policy π_θ when sampling on-policy),
-  2. fit the local dynamics, linearise π_θ at the sampled states → π̄_m,
-  3. C-step: p_m ← argmin E_p[c] s.t. KL(p ‖ π̄_m) ≤ ε_m (LQR-FLM against the policy linearisation),
-  4. S-step: θ ← argmin Σ_{m,n,t} (μ_θ(x) − μ_p(x))ᵀ Λ_p (μ_θ(x) − μ_p(x)) with Λ_p = pol_covar⁻¹.
+  2. S-step: θ ← argmin Σ_{m,n,t} (μ_θ(x) − μ_p(x))ᵀ Λ_p (μ_θ(x) − μ_p(x)) with Λ_p = pol_covar⁻¹, on the
+     samples just drawn (``s_step_order: before_c_step``; GPS's order, after the C-step, is available),
+  3. fit the local dynamics; linearise π_θ at the same samples → π̄_m (its own Jacobians by default),
+  4. step rule: ε_m = kl_step · step_mult · T from predicted vs. achieved cost (GPS ``_stepadjust``),
+  5. C-step: p_m ← argmin E_p[c] s.t. KL(p ‖ π̄_m) ≤ ε_m (LQR-FLM against the policy linearisation).
+Why this order and linearisation (measured on arm7 peg insertion, bench/gps_peg.py): GPS's order
+linearises π where it was never trained (the new controller's states), and GPS's regression
+linearisation gave gains of 100-300 N m per unit whose closed loop explodes under the fitted dynamics;
+both made the C-step's trust region centre a poor controller and the LG costs blow up.
 The torch-free deployment side (config, numpy forward pass, linearisation, loading) is
 :mod:`mbpl_core.policy`; its names are re-exported here.
 """
@@ -26,6 +32,7 @@ from torch import nn
 
 from mbpl_core.config import ConfigError, from_dict, to_dict
 from mbpl_core.containers import (
+    LinearDynamics,
     LinearGaussianController,
     SampleBatch,
     ShapeError,
@@ -33,7 +40,7 @@ from mbpl_core.containers import (
     check_finite,
     check_shape,
 )
-from mbpl_core.costs import Cost, quadratic_cost_model
+from mbpl_core.costs import Cost, QuadraticCost, quadratic_cost_model
 from mbpl_core.lqr_flm import LQRFLM, AlgorithmConfig, Environment, Policy
 from mbpl_core.noise import generate_noise
 from mbpl_core.policy import (
@@ -43,10 +50,17 @@ from mbpl_core.policy import (
     NumpyPolicy,
     PolicyParams,
     linearize_policy,
+    linearize_policy_jacobian,
     load_policy_checkpoint,
     params_to_arrays,
 )
-from mbpl_core.traj_opt import UpdateInfo, adapt_step_mult
+from mbpl_core.traj_opt import (
+    ConditionOptimizer,
+    KLSearchError,
+    UpdateInfo,
+    adapt_step_mult,
+    total_expected_cost,
+)
 
 __all__ = [
     "MDGPS",
@@ -58,9 +72,11 @@ __all__ = [
     "PolicyTargets",
     "TrainReport",
     "build_policy_targets",
+    "perturbed_policy_targets",
     "evaluate_policy",
     "final_ee_distances",
     "linearize_policy",
+    "linearize_policy_jacobian",
     "load_policy_checkpoint",
     "load_torch_policy",
     "params_to_policy",
@@ -177,12 +193,26 @@ class GaussianMLPPolicy(nn.Module):
                 h = torch.relu(h) if self.activation == "relu" else torch.tanh(h)
         return h
 
-    def fit_normalization(self, obs: np.ndarray) -> None:
-        """Set obs_mean, obs_std (dO,) from obs (M, dO) unless already fitted (they stay frozen after)."""
-        if bool(self.normalization_fitted):
-            return
+    def fit_normalization(self, obs: np.ndarray, refit: bool = False) -> None:
+        """Set obs_mean, obs_std (dO,) from obs (M, dO) on the first call; later calls only with ``refit``.
+
+        A refit keeps the network's function unchanged: with h = (o − m)/s entering the first layer,
+        new (m', s') are compensated by W₁' = W₁ diag(s'/s), b₁' = b₁ + W₁ (m' − m)/s. Why refit at all:
+        statistics frozen on the first iteration's (nearly motionless) samples leave later states tens
+        of standard deviations out, where a ReLU network extrapolates with huge gains.
+        """
         std = np.maximum(obs.std(axis=0), MIN_OBS_STD)
-        self.obs_mean.copy_(torch.as_tensor(obs.mean(axis=0), dtype=DTYPE))
+        mean = obs.mean(axis=0)
+        if bool(self.normalization_fitted):
+            if not refit:
+                return
+            old_mean, old_std = self.obs_mean.cpu().numpy(), self.obs_std.cpu().numpy()
+            first = self.layers[0]
+            with torch.no_grad():
+                shift = torch.as_tensor((mean - old_mean) / old_std, dtype=DTYPE, device=self.device)
+                first.bias.add_(first.weight @ shift)
+                first.weight.mul_(torch.as_tensor(std / old_std, dtype=DTYPE, device=self.device))
+        self.obs_mean.copy_(torch.as_tensor(mean, dtype=DTYPE))
         self.obs_std.copy_(torch.as_tensor(std, dtype=DTYPE))
         self.normalization_fitted.fill_(True)
 
@@ -263,6 +293,34 @@ def build_policy_targets(
     return PolicyTargets(np.concatenate(obs), np.concatenate(mus), np.concatenate(precs))
 
 
+def perturbed_policy_targets(
+    controllers: list[LinearGaussianController], batches: list[SampleBatch], obs_indices: np.ndarray,
+    copies: int, scale: float, rng: np.random.Generator,
+) -> PolicyTargets:
+    """Extra S-step targets at states drawn around the samples, labelled by the (linear) LG controllers.
+
+    For condition m, step t, with the samples' states x_{n,t} (N of them) and their covariance S_t:
+    x' = x_{n,t} + scale · D_t z / √N, D_t = [x_{1,t} − x̄_t, …], z ~ N(0, I_N),
+    so x' − x_{n,t} ~ N(0, scale² S_t)
+    stays in the span the samples explored; μ = K_t x' + k_t and Λ = inv_pol_covar_t are exact for the LG
+    controller there. Why: five samples show the policy the controller's feedback only along five noise
+    draws; the MDGPS S-step objective is an expectation over the controller's state distribution, and
+    these draws estimate it with lower variance. Returns copies · Σ_m N_m · T rows.
+    """
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    obs, mus, precs = [], [], []
+    for c, batch in zip(controllers, batches, strict=True):
+        D = batch.X - batch.X.mean(axis=0)  # (N, T, dX)
+        z = rng.standard_normal((copies, batch.N, batch.N))  # (copy, new point, weight on sample)
+        X = batch.X[None] + scale * np.einsum("cpn,ntx->cptx", z, D) / np.sqrt(batch.N)
+        mus.append((np.einsum("tux,cptx->cptu", c.K, X) + c.k).reshape(-1, c.dU))
+        obs.append(X[..., obs_indices].reshape(-1, len(obs_indices)))
+        prec = np.broadcast_to(c.inv_pol_covar, (copies, batch.N, *c.inv_pol_covar.shape))
+        precs.append(prec.reshape(-1, c.dU, c.dU))
+    return PolicyTargets(np.concatenate(obs), np.concatenate(mus), np.concatenate(precs))
+
+
 @dataclass(frozen=True)
 class TrainReport:
     """S-step outcome: precision-weighted loss over all targets before and after, gradient steps taken."""
@@ -300,7 +358,8 @@ def train_policy(
     """S-step: minimise mean((μπ(o) − μ)ᵀ Λ (μπ(o) − μ)) with Adam, weight decay and minibatches.
 
     obs (M, dO), target_mu (M, dU), target_prec (M, dU, dU). Fits the normalisation on the first call,
-    then sets action_covar = (mean_i Λ_i)⁻¹ (GPS policy_opt). generator: minibatch order
+    (refits it later when config.refit_normalization), then sets action_covar = (mean_i Λ_i)⁻¹
+    (GPS policy_opt). generator: minibatch order
     (default: seeded from config.seed). Runs on the policy's device.
     """
     # Copies: torch must not alias read-only (frozen container) arrays.
@@ -311,7 +370,7 @@ def train_policy(
         covar = np.linalg.inv(np.linalg.cholesky(0.5 * (mean_prec + mean_prec.T)))
     except np.linalg.LinAlgError as err:
         raise ShapeError("mean target precision is not positive definite") from err
-    policy.fit_normalization(obs)
+    policy.fit_normalization(obs, refit=config.refit_normalization)
     with single_torch_thread(policy.device):
         loss_before, loss_after = _adam_regression(policy, obs, target_mu, target_prec, config, generator)
     with torch.no_grad():
@@ -430,6 +489,56 @@ def evaluate_policy(env: Environment, policy: Policy, conditions: Sequence[int] 
     return final_ee_distances(env.layout, policy_rollouts(env, policy, conditions))
 
 
+@dataclass(frozen=True, eq=False)
+class CStepRecord:
+    """One condition's C-step, kept for the next iteration's step rule.
+
+    reference: the trust-region centre (policy linearisation π̄, or the LG controller itself in an
+    LQR-FLM step); controller: the C-step's new LG controller; dynamics, quad: the model it was solved on;
+    sample_cost: mean Σ_t c of the samples that model was fitted on.
+    """
+
+    reference: LinearGaussianController
+    controller: LinearGaussianController
+    dynamics: LinearDynamics
+    quad: QuadraticCost
+    sample_cost: float = float("nan")
+
+
+def mdgps_step_costs(record: CStepRecord, reference: LinearGaussianController, dynamics: LinearDynamics,
+                     quad: QuadraticCost, sample_cost: float = float("nan"),
+                     estimate: str = "laplace") -> tuple[float, float, float]:
+    """(previous, predicted, actual) Σ_t c for the MDGPS step rule (GPS ``_stepadjust``).
+
+    predicted: E[c] of record.controller under record's model, in both estimates. "laplace":
+    previous = E[c] of record.reference under record's model, actual = E[c] of today's ``reference``
+    (the policy linearisation) under today's ``dynamics`` and ``quad``. "mc": previous =
+    record.sample_cost, actual = today's ``sample_cost`` (mean Σ_t c of today's samples).
+    Non-finite values (a linearisation whose closed loop explodes under the model) come back as inf.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        predicted = total_expected_cost(record.controller, record.dynamics, record.quad)
+        if estimate == "mc":
+            values = (record.sample_cost, predicted, sample_cost)
+        else:
+            values = (total_expected_cost(record.reference, record.dynamics, record.quad), predicted,
+                      total_expected_cost(reference, dynamics, quad))
+    return tuple(float(v) if np.isfinite(v) else np.inf for v in values)  # type: ignore[return-value]
+
+
+def mdgps_step_mult(step_mult: float, previous: float, predicted: float, actual: float,
+                    min_step_mult: float, max_step_mult: float) -> float:
+    """GPS step-size rule (see :func:`mbpl_core.traj_opt.adapt_step_mult`) with MDGPS's cost estimates.
+
+    new = clip(step_mult · clip(pred_impr / (2 max(1e-4, pred_impr − act_impr)), 0.1, 5), min, max) with
+    pred_impr = previous − predicted, act_impr = previous − actual. An infinite (exploded) estimate
+    shrinks the step by the rule's smallest factor, 0.1.
+    """
+    if not all(np.isfinite(v) for v in (previous, predicted, actual)):
+        return float(min(max(0.1 * step_mult, min_step_mult), max_step_mult))
+    return adapt_step_mult(step_mult, previous, predicted, actual, min_step_mult, max_step_mult)
+
+
 class MDGPS:
     """MDGPS in one process (module docstring; Montgomery & Levine 2016, Alg. 2).
 
@@ -437,7 +546,9 @@ class MDGPS:
     gps_config (policy and S-step), rng (all exploration noise; default from algorithm_config.seed).
     eval_env/eval_conditions/eval_cost: held-out conditions on which the policy is rolled out after each
     S-step (eval_cost defaults to ``cost`` when that is a single Cost).
-    Iteration 0 takes an LQR-FLM step (reference = the LG controller): the policy is still untrained.
+    With ``s_step_order: after_c_step`` iteration 0 takes an LQR-FLM step (reference = the LG controller):
+    the policy is still untrained then. A condition whose KL step is infeasible takes the zero step
+    (:meth:`_zero_step`) and is listed in ``fallbacks`` as (iteration, condition).
     """
 
     def __init__(
@@ -460,6 +571,7 @@ class MDGPS:
         self.env = env
         self.policy = GaussianMLPPolicy.from_config(self.gps_config, env.dX, env.dU)
         self.torch_generator = torch.Generator().manual_seed(self.gps_config.seed)
+        self.augment_rng = np.random.default_rng(self.gps_config.seed)
         self.eval_env = eval_env
         self.eval_conditions = list(range(eval_env.num_conditions) if eval_env and eval_conditions is None
                                     else eval_conditions or [])
@@ -468,6 +580,8 @@ class MDGPS:
             raise ValueError("eval_cost is needed when costs are given per condition")
         self.iteration_count = 0
         self.reports: list[GPSIterationReport] = []
+        self.fallbacks: list[tuple[int, int]] = []
+        self._records: list[CStepRecord] | None = None
         self._numpy_policy = NumpyPolicy(policy_to_params(self.policy))
 
     @property
@@ -495,41 +609,92 @@ class MDGPS:
 
     def _references(self, batches: Sequence[SampleBatch]) -> list[LinearGaussianController | None]:
         """Policy linearisation at each condition's samples; None (LQR-FLM step) before the first S-step."""
-        if self.iteration_count == 0:
+        if self.iteration_count == 0 and self.gps_config.s_step_order == "after_c_step":
             return [None] * len(batches)
+        if self.gps_config.linearization == "jacobian":
+            return [linearize_policy_jacobian(self._numpy_policy, b.X) for b in batches]
         strength = self.gps_config.policy_prior_strength
         return [linearize_policy(self._numpy_policy, b.X, strength) for b in batches]
 
+    def _adapt_step(self, models: Sequence[tuple[LinearDynamics, QuadraticCost]],
+                    references: Sequence[LinearGaussianController | None],
+                    sample_costs: Sequence[float]) -> None:
+        """MDGPS step rule (GPS ``AlgorithmMDGPS._stepadjust``) from the last iteration's C-step records.
+
+        Per condition: previous = E[c] of the last reference π̄ under the last model, predicted = E[c] of the
+        LG controller that C-step produced under the same model, actual = E[c] of today's reference (the
+        policy after its S-step, linearised at today's samples) under today's model. The policy's actual
+        improvement, not the LG controller's, sets the step: "global" averages the three over conditions.
+        """
+        if self._records is None or any(r is None for r in references):
+            return
+        estimate = self.gps_config.step_estimate
+        rows = zip(self._records, references, models, sample_costs, strict=True)
+        costs = np.array([mdgps_step_costs(rec, ref, dyn, quad, cost, estimate)  # type: ignore[arg-type]
+                          for rec, ref, (dyn, quad), cost in rows])
+        if self.gps_config.step_rule == "global":
+            costs = np.broadcast_to(costs.mean(axis=0), costs.shape)
+        kl = self.config.kl
+        for opt, (previous, predicted, actual) in zip(self.lg.optimizers, costs, strict=True):
+            opt.step_mult = mdgps_step_mult(opt.step_mult, previous, predicted, actual,
+                                            kl.min_step_mult, kl.max_step_mult)
+
     def _c_step(self, batches: Sequence[SampleBatch]) -> tuple[list[UpdateInfo], tuple[float, ...]]:
-        """Fit dynamics and cost models, then take each condition's KL step against its reference.
+        """Fit dynamics and cost models, adapt the step, then each condition's KL step against its reference.
 
         Returns the update infos and each condition's mean sampled cost Σ_t c (mean over samples).
+        A condition whose KL constraint around the policy linearisation is infeasible (KLSearchError: the
+        linearisation's closed loop under the fitted dynamics is so expansive that even max_eta cannot
+        hold the step to ε) takes the zero step (:meth:`_zero_step`); ``fallbacks`` lists them.
         """
         models, sample_costs = [], []
         for batch, fitter, cost in zip(batches, self.lg.fitters, self.lg.costs, strict=True):
             costs, quad = quadratic_cost_model(cost, batch)
             models.append((fitter.update(batch), quad))
             sample_costs.append(float(np.mean(np.sum(costs, axis=1))))
-        optimizers = self.lg.optimizers
-        global_rule = self.gps_config.step_rule == "global"
-        if global_rule and all(opt.has_previous_update for opt in optimizers):
-            # MDGPS "global" rule: one step size from improvements averaged over the conditions.
-            previous, predicted, actual = np.mean(
-                [opt.step_adjustment(dyn, quad) for opt, (dyn, quad) in zip(optimizers, models, strict=True)],
-                axis=0)
-            kl = self.config.kl
-            for opt in optimizers:
-                opt.step_mult = adapt_step_mult(opt.step_mult, previous, predicted, actual,
-                                                kl.min_step_mult, kl.max_step_mult)
-        infos = []
-        for opt, (dyn, quad), ref in zip(optimizers, models, self._references(batches), strict=True):
-            infos.append(opt.update(dyn, quad, reference=ref, adapt_step=not global_rule)[1])
+        references = self._references(batches)
+        self._adapt_step(models, references, sample_costs)
+        infos, records = [], []
+        for m, (opt, (dyn, quad), ref) in enumerate(zip(self.lg.optimizers, models, references, strict=True)):
+            centre = opt.controller if ref is None else ref
+            try:
+                controller, info = opt.update(dyn, quad, reference=ref, adapt_step=False)
+            except KLSearchError:
+                controller, info = self._zero_step(opt, centre, dyn, quad)
+                self.fallbacks.append((self.iteration_count, m))
+            infos.append(info)
+            records.append(CStepRecord(centre, controller, dyn, quad, sample_costs[m]))
+        self._records = records
         return infos, tuple(sample_costs)
 
+    @staticmethod
+    def _zero_step(opt: ConditionOptimizer, centre: LinearGaussianController, dynamics: LinearDynamics,
+                   quad: QuadraticCost) -> tuple[LinearGaussianController, UpdateInfo]:
+        """The η → ∞ end of the KL step: the trust region's centre itself (KL = 0).
+
+        Taken when no η up to max_eta meets the constraint: the centre's closed loop is so expansive under
+        the fitted dynamics (predicted cost ~1e40 from unexcited directions) that cost/η still outweighs
+        the KL there. GPS reaches the same controller by rounding (its cost/η vanishes next to the
+        reference's log-density terms); here it is explicit and counted.
+        """
+        epsilon = opt.config.kl_step * opt.step_mult * dynamics.T
+        with np.errstate(over="ignore", invalid="ignore"):
+            cost = total_expected_cost(centre, dynamics, quad)
+        opt.controller, opt.eta = centre, opt.config.max_eta
+        opt.iteration += 1
+        return centre, UpdateInfo(opt.config.max_eta, 0.0, epsilon, opt.step_mult, 0, cost)
+
     def s_step(self, batches: Sequence[SampleBatch]) -> TrainReport:
-        """Train the policy onto the current LG controllers at the sampled states; refresh the numpy copy."""
+        """Train the policy onto the current LG controllers at the sampled (and perturbed) states; refresh the
+        numpy copy."""
         obs_idx = self.policy.obs_indices.cpu().numpy()
+        cfg = self.gps_config
         targets = build_policy_targets(self.controllers, list(batches), obs_idx)
+        if cfg.augment_copies:
+            extra = perturbed_policy_targets(self.controllers, list(batches), obs_idx, cfg.augment_copies,
+                                             cfg.augment_scale, self.augment_rng)
+            targets = PolicyTargets(*(np.concatenate([getattr(targets, name), getattr(extra, name)])
+                                      for name in ("obs", "target_mu", "target_prec")))
         report = train_policy(self.policy, targets.obs, targets.target_mu, targets.target_prec,
                               self.gps_config, self.torch_generator)
         self._numpy_policy = NumpyPolicy(policy_to_params(self.policy))
@@ -545,22 +710,28 @@ class MDGPS:
         return costs, tuple(float(d) for d in final_ee_distances(self.eval_env.layout, batches))
 
     def iteration(self) -> GPSIterationReport:
-        """One MDGPS iteration: sample, C-step against the policy linearisation, S-step, evaluate."""
+        """One MDGPS iteration: sample, S-step and C-step (in the configured order), evaluate."""
         t0 = time.perf_counter()
         on_policy = self.gps_config.sample_on_policy and self.iteration_count > 0
         batches = self._sample_all()
         t1 = time.perf_counter()
-        infos, lg_cost = self._c_step(batches)
-        t2 = time.perf_counter()
-        s_report = self.s_step(batches)
-        t3 = time.perf_counter()
+        if self.gps_config.s_step_order == "before_c_step":
+            s_report = self.s_step(batches)
+            t2 = time.perf_counter()
+            infos, lg_cost = self._c_step(batches)
+            c_step_s, s_step_s = time.perf_counter() - t2, t2 - t1
+        else:
+            infos, lg_cost = self._c_step(batches)
+            t2 = time.perf_counter()
+            s_report = self.s_step(batches)
+            c_step_s, s_step_s = t2 - t1, time.perf_counter() - t2
         policy_cost, policy_distance = self._evaluate()
         report = GPSIterationReport(
             iteration=self.iteration_count, lg_cost=lg_cost,
             step_mult=tuple(i.step_mult for i in infos), eta=tuple(i.eta for i in infos),
             kl=tuple(i.kl for i in infos), s_step=s_report, sampled_on_policy=on_policy,
             policy_cost=policy_cost, policy_distance=policy_distance,
-            sampling_s=t1 - t0, c_step_s=t2 - t1, s_step_s=t3 - t2,
+            sampling_s=t1 - t0, c_step_s=c_step_s, s_step_s=s_step_s,
         )
         self.iteration_count += 1
         self.reports.append(report)
@@ -568,14 +739,18 @@ class MDGPS:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (picklable): the LQR-FLM state, policy weights and normalisation,
-        torch generator state, iteration count and reports. The environments and costs are not included."""
+        torch generator and augmentation rng states, iteration count, reports, the step rule's C-step records
+        and fallbacks. The environments and costs are not included."""
         return {
             "lg": self.lg.state_dict(),
             "gps_config": self.gps_config,
             "policy": {k: v.detach().cpu().clone() for k, v in self.policy.state_dict().items()},
             "torch_generator": self.torch_generator.get_state(),
+            "augment_rng": self.augment_rng.bit_generator.state,
             "iteration_count": self.iteration_count,
             "reports": list(self.reports),
+            "records": self._records,
+            "fallbacks": list(self.fallbacks),
         }
 
     @classmethod
@@ -589,8 +764,12 @@ class MDGPS:
         obj.lg = lg
         obj.policy.load_state_dict(state["policy"])
         obj.torch_generator.set_state(state["torch_generator"])
+        if "augment_rng" in state:
+            obj.augment_rng.bit_generator.state = state["augment_rng"]
         obj.iteration_count = int(state["iteration_count"])
         obj.reports = list(state["reports"])
+        obj._records = state.get("records")
+        obj.fallbacks = list(state.get("fallbacks", []))
         obj._numpy_policy = NumpyPolicy(policy_to_params(obj.policy))
         return obj
 

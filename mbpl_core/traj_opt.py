@@ -139,31 +139,53 @@ def _homogeneous_cost(Cm: np.ndarray, cv: np.ndarray, dX: int) -> np.ndarray:
 class _LQRProblem:
     """The parts of the η-Lagrangian's LQR problem that an η search does not change.
 
-    Homogeneous coordinates x̃ = [x; 1], z̃ = [x; 1; u] fold the affine terms into matrices, so one triple
-    product per step carries the quadratic and linear value terms together:
-    C_cost, C_ref: (T, n, n), n = dX+1+dU (cost with Cm symmetrised; −log p_ref, or None);
-    F: (T, dX+1, n) = [[Fm_x, fv, Fm_u], [0, 1, 0]] so that x̃' = F z̃.
+    Homogeneous coordinates x̃ = [x; 1], z̃ = [x; 1; w] fold the affine terms into matrices, so one triple
+    product per step carries the quadratic and linear value terms together. With a reference controller
+    the action coordinate is its deviation w = u − K_ref x − k_ref (without one, w = u):
+    C_cost: (T, n, n), n = dX+1+dU, the cost (Cm symmetrised) in these coordinates;
+    P_ref: (T, dU, dU) reference precision, −log p_ref = 0.5 wᵀ P_ref w + const (None without reference);
+    F: (T, dX+1, n) = [[A, c, Fm_u], [0, 1, 0]] with A = Fm_x + Fm_u K_ref, c = fv + Fm_u k_ref, so x̃' = F z̃;
+    ref_gains: (T, dU, dX+1) = [K_ref, k_ref], added back to the solved gains (None without reference).
     """
 
     C_cost: np.ndarray
-    C_ref: np.ndarray | None
+    P_ref: np.ndarray | None
     F: np.ndarray
+    ref_gains: np.ndarray | None
     dX: int
     dU: int
 
 
 def _prepare_problem(quad: QuadraticCost, dynamics: LinearDynamics,
                      reference: LinearGaussianController | None) -> _LQRProblem:
+    """The η-independent problem; with a reference, in coordinates relative to the reference's action.
+
+    Why the change of coordinates: written in u, −log p_ref puts KᵀPK into Q_xx and the Schur complement
+    Q_xx − Q_xu Q_uu⁻¹ Q_ux must cancel it back to zero. The rounding left over is carried backwards through
+    the reference's closed loop A = Fm_x + Fm_u K_ref; when that loop is expansive under the fitted
+    dynamics (a poor policy linearisation), the residue grows by |A|² per step and turns Q_uu indefinite
+    at any η (KLSearchError at max_eta). In w = u − K_ref x − k_ref the reference contributes P_ref to Q_ww
+    only, nothing cancels, and η → ∞ returns the reference itself (w = 0) whatever its closed loop.
+    The cost is moved by the congruence z̃ = J z̃_w with J = [[I, 0, 0], [0, 1, 0], [K_ref, k_ref, I]].
+    """
     _check_problem(quad, dynamics, reference)
-    dX, dU = dynamics.dX, dynamics.dU
+    dX, dU, T = dynamics.dX, dynamics.dU, dynamics.T
     C_cost = _homogeneous_cost(0.5 * (quad.Cm + np.swapaxes(quad.Cm, 1, 2)), quad.cv, dX)
-    C_ref = None if reference is None else _homogeneous_cost(*reference_log_density_terms(reference), dX)
-    F = np.zeros((dynamics.T, dX + 1, dX + 1 + dU))
+    F = np.zeros((T, dX + 1, dX + 1 + dU))
     F[:, :dX, :dX] = dynamics.Fm[:, :, :dX]
     F[:, :dX, dX] = dynamics.fv
     F[:, :dX, dX + 1:] = dynamics.Fm[:, :, dX:]
     F[:, dX, dX] = 1.0
-    return _LQRProblem(C_cost, C_ref, F, dX, dU)
+    if reference is None:
+        return _LQRProblem(C_cost, None, F, None, dX, dU)
+    ref_gains = np.concatenate([reference.K, reference.k[:, :, None]], axis=2)  # (T, dU, dX+1)
+    J = np.broadcast_to(np.eye(dX + 1 + dU), (T, dX + 1 + dU, dX + 1 + dU)).copy()
+    J[:, dX + 1:, :dX + 1] = ref_gains
+    C_cost = np.swapaxes(J, 1, 2) @ C_cost @ J
+    C_cost = 0.5 * (C_cost + np.swapaxes(C_cost, 1, 2))
+    F = F @ J  # the row of the constant 1 stays [0, 1, 0]
+    P = 0.5 * (reference.inv_pol_covar + np.swapaxes(reference.inv_pol_covar, 1, 2))
+    return _LQRProblem(C_cost, P, F, ref_gains, dX, dU)
 
 
 def lqr_backward_pass(quad: QuadraticCost, dynamics: LinearDynamics, eta: float = 1.0,
@@ -174,7 +196,9 @@ def lqr_backward_pass(quad: QuadraticCost, dynamics: LinearDynamics, eta: float 
     Q_t = fC_t + Fm_tᵀ Vxx_{t+1} Fm_t and q_t = fc_t + Fm_tᵀ (Vx_{t+1} + Vxx_{t+1} fv_t);
     K_t = −Q_uu⁻¹ Q_ux, k_t = −Q_uu⁻¹ q_u, pol_covar_t = Q_uu⁻¹;
     Vxx_t = Q_xx + Q_xu K_t, Vx_t = q_x + Q_xu k_t.
-    With reference None and η = 1 this is plain time-varying LQR on the quadratic cost.
+    With reference None and η = 1 this is plain time-varying LQR on the quadratic cost. With a reference
+    the same recursion runs on the deviation from the reference's action (see :func:`_prepare_problem`),
+    which is exact algebra and keeps large η numerically sound.
     Raises NotPositiveDefiniteError(t) when Q_uu,t is not positive definite or not finite.
     """
     return _solve_backward(_prepare_problem(quad, dynamics, reference), eta)
@@ -188,8 +212,8 @@ def _solve_backward(problem: _LQRProblem, eta: float, C: np.ndarray | None = Non
     T, nx = F.shape[0], dX + 1
     # Scratch reuse: fresh ~1 MB arrays per η cost more in page faults than the arithmetic.
     C = np.multiply(problem.C_cost, 1.0 / eta, out=C)
-    if problem.C_ref is not None:
-        C += problem.C_ref
+    if problem.P_ref is not None:
+        C[:, nx:, nx:] += problem.P_ref
     gains = np.empty((T, dU, nx))
     pol_covar, inv_pol_covar = np.empty((T, dU, dU)), np.empty((T, dU, dU))
     V_all = np.empty((T, nx, nx))
@@ -199,7 +223,7 @@ def _solve_backward(problem: _LQRProblem, eta: float, C: np.ndarray | None = Non
     V = np.zeros((nx, nx))
     for t in range(T - 1, -1, -1):
         Q = C[t] if t == T - 1 else C[t] + F[t].T @ V @ F[t]
-        Quu = Q[nx:, nx:]
+        Quu = 0.5 * (Q[nx:, nx:] + Q[nx:, nx:].T)
         chol, info = _potrf(Quu, lower=1, clean=0)
         if info != 0 or not np.isfinite(chol).all():
             raise NotPositiveDefiniteError(t, "is not finite" if info == 0 else "is not positive definite")
@@ -212,6 +236,8 @@ def _solve_backward(problem: _LQRProblem, eta: float, C: np.ndarray | None = Non
         V = Q[:nx, :nx] + Q[nx:, :nx].T @ gains[t]
         V = 0.5 * (V + V.T)
         V_all[t] = V
+    if problem.ref_gains is not None:
+        gains += problem.ref_gains
     controller = _controller_from_parts(gains[:, :, :dX], gains[:, :, dX], pol_covar, inv_pol_covar)
     return BackwardPassResult(controller, V_all[:, :dX, :dX], V_all[:, :dX, dX])
 

@@ -1,4 +1,5 @@
-"""MDGPS: S-step regression, targets, determinism, and the full loop on a damped point mass."""
+"""MDGPS: S-step regression, targets, the C-step against policy linearisations, the step rule, determinism,
+and the full loop on a damped point mass."""
 
 from __future__ import annotations
 
@@ -10,19 +11,30 @@ import pytest
 import torch
 
 from mbpl_core.config import from_dict
-from mbpl_core.containers import LinearGaussianController, SampleBatch, ShapeError, StateLayout
-from mbpl_core.costs import CostConfig, build_cost
+from mbpl_core.containers import (
+    LinearDynamics,
+    LinearGaussianController,
+    SampleBatch,
+    ShapeError,
+    StateLayout,
+)
+from mbpl_core.costs import CostConfig, QuadraticCost, build_cost
 from mbpl_core.gps import (
     MDGPS,
+    CStepRecord,
     GaussianMLPPolicy,
     GPSConfig,
     NumpyPolicy,
     build_policy_targets,
     evaluate_policy,
+    mdgps_step_costs,
+    mdgps_step_mult,
+    perturbed_policy_targets,
     policy_to_params,
     train_policy,
 )
 from mbpl_core.lqr_flm import AlgorithmConfig, Policy
+from mbpl_core.traj_opt import KLSearchError, KLStepConfig, kl_constrained_update, lqr_backward_pass
 
 FAST = GPSConfig(hidden_sizes=(32, 32), iterations=400, learning_rate=3e-3, batch_size=64, device="cpu")
 
@@ -111,6 +123,33 @@ def test_targets_follow_the_controllers() -> None:
         build_policy_targets([c1], [b1, b2], np.arange(3))
 
 
+def test_perturbed_targets_stay_in_the_samples_span_and_follow_the_controller() -> None:
+    rng = np.random.default_rng(9)
+    T, N, dX = 3, 4, 5
+    controller = _linear_controller(T, rng.normal(size=(2, dX)), rng.normal(size=2), 0.5)
+    # Samples that vary along two directions only: the perturbations must not leave that plane.
+    basis = rng.normal(size=(2, dX))
+    X = rng.normal(size=(1, T, dX)) + np.einsum("ntb,bx->ntx", rng.normal(size=(N, T, 2)), basis)
+    batch = SampleBatch(X, np.zeros((N, T, 2)))
+    targets = perturbed_policy_targets([controller], [batch], np.arange(dX), 2000, 1.5,
+                                       np.random.default_rng(0))
+    assert targets.obs.shape == (2000 * N * T, dX)
+    states = targets.obs.reshape(2000, N, T, dX)
+    offsets = states - X[None]
+    residual = offsets - offsets @ np.linalg.pinv(basis) @ basis
+    np.testing.assert_allclose(residual, 0.0, atol=1e-10)
+    # Labels are the controller's mean action at the new states, with its precision.
+    mu = targets.target_mu.reshape(2000, N, T, 2)
+    expected = np.einsum("tux,cntx->cntu", controller.K, states) + controller.k
+    np.testing.assert_allclose(mu, expected, atol=1e-12)
+    np.testing.assert_allclose(targets.target_prec[5], controller.inv_pol_covar[5 % T], atol=1e-12)
+    # Offset covariance = scale² · (the samples' covariance at t), within Monte Carlo error.
+    for t in range(T):
+        S = np.cov(X[:, t].T, bias=True)
+        emp = np.cov(offsets[:, :, t].reshape(-1, dX).T, bias=True)
+        np.testing.assert_allclose(emp, 1.5**2 * S, atol=0.08 * np.abs(S).max() * 1.5**2)
+
+
 def test_train_policy_rejects_bad_targets() -> None:
     policy = GaussianMLPPolicy.from_config(FAST, 3, 2)
     obs, mu, prec = np.zeros((4, 3)), np.zeros((4, 2)), np.broadcast_to(np.eye(2), (4, 2, 2)).copy()
@@ -139,6 +178,105 @@ def test_same_seed_same_weights() -> None:
     assert not torch.equal(weights[0], weights[2])
 
 
+def _expansive_reference_problem(seed: int = 0, T: int = 40, dX: int = 6, dU: int = 2, gain: float = 3000.0
+                                 ) -> tuple[QuadraticCost, LinearDynamics, LinearGaussianController]:
+    """A C-step like the one that failed on peg insertion (KLSearchError "Q_uu not PD" even at η = 1e16).
+
+    Reference gains of ~3000 (a poor policy linearisation) whose closed loop A = Fm_x + Fm_u K under the
+    dynamics is strongly non-normal (‖A‖ ≫ ρ(A) = 0.5): x' = A x + Fm_u u' transiently amplifies ~10× a step.
+    """
+    rng = np.random.default_rng(seed)
+    K = gain * rng.normal(size=(T, dU, dX))
+    Fu = 0.1 * rng.normal(size=(T, dX, dU))
+    Q, _ = np.linalg.qr(rng.normal(size=(dX, dX)))
+    A = Q @ (0.5 * np.eye(dX) + 10.0 * np.triu(rng.normal(size=(dX, dX)), 1)) @ Q.T
+    Fm = np.concatenate([A - Fu @ K, Fu], axis=2)
+    dyn = LinearDynamics(Fm, rng.normal(size=(T, dX)), np.broadcast_to(1e-4 * np.eye(dX), (T, dX, dX)),
+                         rng.normal(size=dX), 1e-2 * np.eye(dX))
+    B = rng.normal(size=(T, dU, dU))
+    covar = B @ np.swapaxes(B, 1, 2) / dU + 0.2 * np.eye(dU)
+    ref = LinearGaussianController.from_covariance(K, gain * rng.normal(size=(T, dU)), covar)
+    quad = QuadraticCost(np.broadcast_to(np.eye(dX + dU), (T, dX + dU, dX + dU)), np.zeros((T, dX + dU)),
+                         np.zeros(T))
+    return quad, dyn, ref
+
+
+@pytest.mark.parametrize("eta", [1.0, 1e16])
+def test_kl_step_with_zero_cost_returns_an_expansive_reference_exactly(eta: float) -> None:
+    # Oracle: with no cost the Lagrangian is η·KL(p ‖ p_ref), minimised by p_ref itself at every η. In u,
+    # −log p_ref puts KᵀPK ~ 1e7 into Q_xx; its rounding residue, carried back through the expansive closed
+    # loop, made Q_uu indefinite at every η (the peg failure). The deviation form has nothing to cancel.
+    quad, dyn, ref = _expansive_reference_problem()
+    zero = QuadraticCost(np.zeros_like(quad.Cm), np.zeros_like(quad.cv), np.zeros_like(quad.cc))
+    result = lqr_backward_pass(zero, dyn, eta=eta, reference=ref)
+    np.testing.assert_array_equal(result.controller.K, ref.K)
+    np.testing.assert_array_equal(result.controller.k, ref.k)
+    np.testing.assert_allclose(result.controller.pol_covar, ref.pol_covar, rtol=1e-12)
+    np.testing.assert_array_equal(result.Vxx, 0.0)
+
+
+def _extended_precision_gains(quad: QuadraticCost, dyn: LinearDynamics, ref: LinearGaussianController,
+                              eta: float, digits: int) -> np.ndarray:
+    """Independent oracle: the u-coordinate backward pass of the η-Lagrangian in ``digits``-digit arithmetic.
+
+    Per step, over z̃ = [x; 1; u]: Q = C̃/η + GᵀPG + FᵀVF with G = [−K_ref, −k_ref, I]; [K, k] = −Q_uu⁻¹ Q_ux̃.
+    """
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(digits):
+        T, dX, dU = dyn.T, dyn.dX, dyn.dU
+        nx, n = dX + 1, dX + 1 + dU
+        V = mpmath.zeros(nx, nx)
+        gains = []
+        for t in range(T - 1, -1, -1):
+            C = np.zeros((n, n))
+            idx = np.r_[0:dX, nx:n]
+            C[np.ix_(idx, idx)] = quad.Cm[t]
+            F = np.zeros((nx, n))
+            F[:dX, :dX], F[:dX, dX], F[:dX, nx:] = dyn.Fm[t, :, :dX], dyn.fv[t], dyn.Fm[t, :, dX:]
+            F[dX, dX] = 1.0
+            G = mpmath.matrix(np.hstack([-ref.K[t], -ref.k[t][:, None], np.eye(dU)]).tolist())
+            P = mpmath.matrix((0.5 * (ref.inv_pol_covar[t] + ref.inv_pol_covar[t].T)).tolist())
+            Fmp = mpmath.matrix(F.tolist())
+            Q = mpmath.matrix(C.tolist()) / eta + G.T * P * G + Fmp.T * V * Fmp
+            gain = -(mpmath.inverse(Q[nx:, nx:]) * Q[nx:, :nx])
+            V = Q[:nx, :nx] + Q[nx:, :nx].T * gain
+            gains.append(np.array(gain.tolist(), dtype=np.float64))
+    return np.array(gains[::-1])
+
+
+def test_kl_step_at_huge_eta_matches_extended_precision() -> None:
+    # The same problem with a cost: at η = 1e16 the exact controller still departs from the reference (cost/η
+    # is amplified through the loop). 250-digit arithmetic in u-coordinates agrees with the float64 deviation
+    # form.
+    quad, dyn, ref = _expansive_reference_problem()
+    exact = _extended_precision_gains(quad, dyn, ref, 1e16, digits=250)
+    got = lqr_backward_pass(quad, dyn, eta=1e16, reference=ref).controller
+    np.testing.assert_allclose(np.concatenate([got.K, got.k[:, :, None]], axis=2), exact, rtol=0,
+                               atol=1e-6 * np.abs(exact).max())
+    # So at η = 1e16 the KL is still far above a small ε; the deviation form stays sound far beyond, and the η
+    # search meets ε once max_eta allows it (in u-coordinates Q_uu turns indefinite from η ≈ 1e20 on).
+    config = KLStepConfig(max_eta=1e60, max_eta_iterations=100)
+    result = kl_constrained_update(quad, dyn, ref, 5.0, 1e16, config)
+    assert abs(result.kl - 5.0) <= 0.5 and result.eta > 1e16
+
+
+def test_mdgps_step_rule_estimates() -> None:
+    quad, dyn, ref = _expansive_reference_problem(T=10, gain=1.0)
+    record = CStepRecord(ref, ref, dyn, quad, sample_cost=12.0)
+    previous, predicted, actual = mdgps_step_costs(record, ref, dyn, quad, sample_cost=7.0, estimate="mc")
+    assert (previous, actual) == (12.0, 7.0)
+    laplace = mdgps_step_costs(record, ref, dyn, quad, estimate="laplace")
+    # The record's reference and controller are the same controller under the same model: equal estimates.
+    assert laplace[0] == laplace[1] == laplace[2] == predicted
+    # pred_impr 5: achieved in full → 5 / (2·1e-4) clipped to 5; actual 20 → 5 / (2·15);
+    # actual 40 → clipped to 0.1.
+    assert mdgps_step_mult(1.0, 10.0, 5.0, 5.0, 0.01, 10.0) == 5.0
+    assert mdgps_step_mult(1.0, 10.0, 5.0, 20.0, 0.01, 10.0) == pytest.approx(5.0 / 30.0)
+    assert mdgps_step_mult(1.0, 10.0, 5.0, 40.0, 0.01, 10.0) == pytest.approx(0.1)
+    assert mdgps_step_mult(1.0, 10.0, 5.0, np.inf, 0.01, 10.0) == pytest.approx(0.1)
+    assert mdgps_step_mult(0.05, np.inf, 5.0, 3.0, 0.01, 10.0) == pytest.approx(0.01)
+
+
 def _point_mass_setup() -> tuple[PointMassEnv, PointMassEnv, object, AlgorithmConfig]:
     train = PointMassEnv([(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)])
     held_out = PointMassEnv([(0.6, 0.6), (-0.7, 0.4), (0.3, -0.8)])
@@ -164,6 +302,30 @@ def test_mdgps_learns_point_mass_reaching(step_rule: str) -> None:
     assert reports[-1].policy_distance is not None
     np.testing.assert_allclose(reports[-1].policy_distance, trained)
     assert all(r.s_step.loss_after <= r.s_step.loss_before for r in reports)
+
+
+def test_mdgps_takes_a_zero_step_when_the_kl_step_is_infeasible(monkeypatch: pytest.MonkeyPatch) -> None:
+    # When no η up to max_eta holds KL(p ‖ π̄) to ε, the C-step's η → ∞ limit is π̄ itself; MDGPS uses it and
+    # counts the condition in ``fallbacks`` instead of aborting the run.
+    train, _, cost, algorithm = _point_mass_setup()
+    mdgps = MDGPS(train, cost, algorithm, GPSConfig(hidden_sizes=(16,), iterations=50, device="cpu"),
+                  np.random.default_rng(5))
+    mdgps.run(1)
+    import mbpl_core.traj_opt as traj_opt
+
+    captured: list[LinearGaussianController] = []
+
+    def infeasible(quad, dyn, ref, epsilon, eta0, config):  # type: ignore[no-untyped-def]
+        captured.append(ref)
+        raise KLSearchError("KL constraint cannot be met even at max_eta")
+
+    monkeypatch.setattr(traj_opt, "kl_constrained_update", infeasible)
+    report = mdgps.iteration()
+    assert mdgps.fallbacks == [(1, m) for m in range(train.num_conditions)]
+    for m, ref in enumerate(captured):
+        assert mdgps.controllers[m] is ref
+        assert report.kl[m] == 0.0
+    assert np.all(np.isfinite(report.lg_cost))
 
 
 def test_mdgps_on_policy_sampling_runs() -> None:

@@ -25,6 +25,7 @@ from mbpl_core.policy import (
     NumpyPolicy,
     PolicyParams,
     linearize_policy,
+    linearize_policy_jacobian,
     load_policy_checkpoint,
 )
 
@@ -146,6 +147,63 @@ def test_linearisation_matches_jacobian_for_tight_samples() -> None:
         assert np.all(np.linalg.eigvalsh(lin.pol_covar[t]) > 0)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_jacobian_batch_matches_finite_differences(activation: str) -> None:
+    policy = NumpyPolicy(policy_to_params(_random_policy(activation, obs=(0, 2, 3, 7))))
+    X = np.random.default_rng(5).normal(size=(6, 8))
+    mu, J = policy.jacobian_batch(X)
+    np.testing.assert_allclose(mu, policy.mean_batch(X), atol=1e-12)
+    eps = 1e-6
+    for i, x in enumerate(X):
+        columns = [(policy.act(0, x + eps * e) - policy.act(0, x - eps * e)) / (2 * eps) for e in np.eye(8)]
+        fd = np.stack(columns, axis=1)
+        np.testing.assert_allclose(J[i], fd, atol=1e-6)
+    # Entries the policy does not observe have zero slope.
+    np.testing.assert_array_equal(J[:, :, [1, 4, 5, 6]], 0.0)
+
+
+def test_jacobian_linearisation_recovers_linear_policy_exactly() -> None:
+    rng = np.random.default_rng(6)
+    T, dX, dU = 5, 4, 2
+    K, k, covar = rng.normal(size=(dU, dX)), rng.normal(size=dU), np.diag([0.3, 0.7])
+    policy = NumpyPolicy(_linear_params(K, k, covar))
+    for N in (1, 4):  # one sample is enough: the slope comes from the derivative, not a regression
+        lin = linearize_policy_jacobian(policy, rng.normal(size=(N, T, dX)))
+        np.testing.assert_allclose(lin.K, np.broadcast_to(K, (T, dU, dX)), atol=1e-12)
+        np.testing.assert_allclose(lin.k, np.broadcast_to(k, (T, dU)), atol=1e-12)
+        np.testing.assert_allclose(lin.pol_covar, np.broadcast_to(covar, (T, dU, dU)), atol=1e-12)
+
+
+def test_jacobian_linearisation_adds_the_spread_of_a_nonlinear_policy() -> None:
+    # Oracle: K_t is the mean Jacobian, k_t centres the fit, Σ_t − action_covar is the residuals' 2nd moment.
+    numpy_policy = NumpyPolicy(policy_to_params(_random_policy("tanh")))
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(6, 3, 8))
+    lin = linearize_policy_jacobian(numpy_policy, X)
+    for t in range(3):
+        mu, J = numpy_policy.jacobian_batch(X[:, t])
+        np.testing.assert_allclose(lin.K[t], J.mean(axis=0), atol=1e-12)
+        resid = mu - X[:, t] @ lin.K[t].T - lin.k[t]
+        np.testing.assert_allclose(resid.mean(axis=0), 0.0, atol=1e-12)
+        spread = lin.pol_covar[t] - numpy_policy.action_covar
+        np.testing.assert_allclose(spread, resid.T @ resid / 6, atol=1e-12)
+    with pytest.raises(ShapeError, match="NaN"):
+        linearize_policy_jacobian(numpy_policy, np.full((2, 3, 8), np.nan))
+
+
+def test_normalisation_refit_keeps_the_function() -> None:
+    policy = _random_policy("relu")
+    obs = np.random.default_rng(8).normal(-1.0, 0.2, size=(40, 8))
+    before = policy.mean_batch(obs)
+    old_std = policy.obs_std.clone()
+    policy.fit_normalization(obs)  # already fitted, no refit asked: unchanged
+    assert torch.equal(policy.obs_std, old_std)
+    policy.fit_normalization(obs, refit=True)
+    np.testing.assert_allclose(policy.obs_mean.numpy(), obs.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(policy.obs_std.numpy(), obs.std(axis=0), atol=1e-12)
+    np.testing.assert_allclose(policy.mean_batch(obs), before, atol=1e-10)
+
+
 def test_linearisation_rejects_bad_input() -> None:
     policy = NumpyPolicy(_linear_params(np.ones((1, 2)), np.zeros(1), np.eye(1)))
     with pytest.raises(ShapeError, match="at least 2 samples"):
@@ -197,6 +255,8 @@ def test_gps_config_from_dict_and_validation() -> None:
         config.observation_indices(5)
     for bad in ({"activation": "sigmoid"}, {"learning_rate": 0.0}, {"batch_size": 0},
                 {"observation": "pixels"}, {"observation": [1, 1]}, {"step_rule": "local"},
+                {"linearization": "finite"}, {"step_estimate": "model"}, {"s_step_order": "never"},
+                {"augment_copies": -1}, {"augment_scale": 0.0},
                 {"device": "tpu"}, {"hidden_sizes": [0]},
                 {"weight_decay": -1.0}, {"policy_prior_strength": float("nan")}, {"unknown_key": 1}):
         with pytest.raises(ConfigError):
