@@ -659,9 +659,12 @@ class MDGPS:
             centre = opt.controller if ref is None else ref
             try:
                 controller, info = opt.update(dyn, quad, reference=ref, adapt_step=False)
-            except KLSearchError:
+            except KLSearchError:  # only when the optimizer's own zero step is switched off
                 controller, info = self._zero_step(opt, centre, dyn, quad)
                 self.fallbacks.append((self.iteration_count, m))
+            else:
+                if info.fallback:
+                    self.fallbacks.append((self.iteration_count, m))
             infos.append(info)
             records.append(CStepRecord(centre, controller, dyn, quad, sample_costs[m]))
         self._records = records

@@ -370,6 +370,9 @@ class KLStepConfig:
     max_eta: float = 1e16
     kl_tolerance: float = 0.1
     max_eta_iterations: int = 50
+    # No η ≤ max_eta meets ε (the reference's closed loop is so expansive under the fitted model that
+    # cost/η still dominates): take the η → ∞ step, the reference itself, and flag it in UpdateInfo.
+    zero_step_when_infeasible: bool = True
 
     def __post_init__(self) -> None:
         for name in ("kl_step", "min_step_mult", "max_step_mult", "init_eta", "min_eta", "max_eta",
@@ -495,7 +498,8 @@ def adapt_step_mult(step_mult: float, previous: float, predicted: float, actual:
 class UpdateInfo:
     """What one :meth:`ConditionOptimizer.update` did.
 
-    expected_cost: Σ_t E[c_t] of the new controller under the new dynamics and cost model.
+    expected_cost: Σ_t E[c_t] of the new controller under the new dynamics and cost model;
+    fallback: the η search was infeasible and the step was the zero step (new controller = reference).
     """
 
     eta: float
@@ -504,6 +508,7 @@ class UpdateInfo:
     step_mult: float
     eta_iterations: int
     expected_cost: float
+    fallback: bool = False
 
 
 def total_expected_cost(controller: LinearGaussianController, dynamics: LinearDynamics,
@@ -575,10 +580,19 @@ class ConditionOptimizer:
                                                   self.config.min_step_mult, self.config.max_step_mult)
             ref = self.controller if reference is None else reference
             epsilon = self.config.kl_step * self._step_mult * dynamics.T
-            result = kl_constrained_update(quad, dynamics, ref, epsilon, self.eta, self.config)
-            new_cost = total_expected_cost(result.controller, dynamics, quad)
+            fallback = False
+            try:
+                result = kl_constrained_update(quad, dynamics, ref, epsilon, self.eta, self.config)
+            except KLSearchError:
+                if not self.config.zero_step_when_infeasible:
+                    raise
+                result = KLStepResult(ref, self.config.max_eta, 0.0, epsilon, self.config.max_eta_iterations)
+                fallback = True
+            with np.errstate(over="ignore", invalid="ignore"):  # an expansive reference may overflow
+                new_cost = total_expected_cost(result.controller, dynamics, quad)
         self._prev_controller, self._prev_dynamics, self._prev_quad = self.controller, dynamics, quad
         self.controller, self.eta = result.controller, result.eta
         self.iteration += 1
-        info = UpdateInfo(result.eta, result.kl, epsilon, self._step_mult, result.iterations, new_cost)
+        info = UpdateInfo(result.eta, result.kl, epsilon, self._step_mult, result.iterations, new_cost,
+                          fallback)
         return result.controller, info

@@ -333,3 +333,19 @@ def test_kl_step_config_validation() -> None:
         KLStepConfig(kl_tolerance=0.0)
     with pytest.raises(ConfigError):
         from_dict(KLStepConfig, {"kl_stepp": 1.0})
+
+
+def test_condition_optimizer_takes_the_flagged_zero_step_when_infeasible(problem) -> None:
+    quad, dyn, ref = problem
+    strict_config = KLStepConfig(kl_step=1e-8, max_eta=1e-4, zero_step_when_infeasible=False)
+    strict = ConditionOptimizer(ref, strict_config)
+    with pytest.raises(KLSearchError):
+        strict.update(dyn, quad)
+    opt = ConditionOptimizer(ref, KLStepConfig(kl_step=1e-8, max_eta=1e-4))
+    controller, info = opt.update(dyn, quad)
+    assert info.fallback and info.kl == 0.0 and info.eta == opt.config.max_eta
+    np.testing.assert_array_equal(controller.K, ref.K)
+    np.testing.assert_array_equal(controller.k, ref.k)
+    assert info.expected_cost == pytest.approx(float(np.sum(expected_cost(lqr_forward_pass(ref, dyn), quad))))
+    _, regular = ConditionOptimizer(ref, KLStepConfig(kl_step=0.05)).update(dyn, quad)
+    assert not regular.fallback

@@ -83,7 +83,9 @@ class IlqrNode(Node):
         response.eta, response.kl, response.epsilon = info.eta, info.kl, info.epsilon
         response.step_mult, response.expected_cost = info.step_mult, info.expected_cost
         response.message = (f"{'computed' if computed else 'stored'} controller {cid}: eta {info.eta:.3g}, "
-                             f"kl {info.kl:.3g} / eps {info.epsilon:.3g}, step_mult {info.step_mult:.3g}")
+                             f"kl {info.kl:.3g} / eps {info.epsilon:.3g}, step_mult {info.step_mult:.3g}"
+                             + (" — zero step: no eta met the KL bound, kept the reference" if info.fallback
+                                else ""))
         self.get_logger().info(f"condition {m}, iteration {i}: {response.message}")
         self._pub.publish(response.controller)  # again on a repeat: the sampler may have missed it
         return response
