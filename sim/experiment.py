@@ -58,6 +58,20 @@ class ExperimentConfig:
         build_conditions(self.task, "train", self.robot.dQ)
         build_conditions(self.task, "held_out", self.robot.dQ)
 
+    def check_sections(self) -> None:
+        """Build the core configs of ``cost:``, ``algorithm:`` (and ``gps:`` for mdgps) once, so a typo is a
+        ConfigError naming the key before any node starts, not a node dying mid-launch."""
+        from mbpl_core.config import from_dict
+        from mbpl_core.costs import CostConfig, build_cost
+        from mbpl_core.lqr_flm import AlgorithmConfig
+        from mbpl_core.policy import GPSConfig
+
+        dU = self.robot.dQ
+        build_cost(from_dict(CostConfig, self.cost, "cost"), self.layout, dU)
+        from_dict(AlgorithmConfig, self.algorithm, "algorithm")
+        if self.method == "mdgps":
+            from_dict(GPSConfig, self.gps, "gps").observation_indices(self.layout.dX)
+
     @property
     def layout(self) -> StateLayout:
         """x = [q, qd, ee points − target, ee velocities]: dX = 2 dQ + 6 P."""

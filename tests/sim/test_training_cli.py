@@ -39,3 +39,14 @@ def test_mdgps_checkpoint_evaluates_the_same_without_the_trainer(tmp_path: Path)
     # Training-time numpy policy and the checkpoint loaded alone must roll out identically.
     np.testing.assert_allclose(result["tip_distance"], history["policy_tip_distance"][-1], rtol=1e-9)
     assert result["condition_set"] == "held_out" and len(result["conditions"]) == 8
+
+
+@pytest.mark.parametrize(
+    "bad", ["algorithm.iterationz=3", "cost.ee.l1=oops", "method=mdgps gps.activation=sigmoid"])
+def test_launch_rejects_a_bad_experiment_before_starting_nodes(tmp_path: Path, bad: str,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    sets = [arg for s in bad.split() for arg in ("--set", s)]
+    assert main(["launch", CONFIG, "--run-dir", str(tmp_path), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "configuration error" in err and bad.split()[-1].split("=")[0].split(".")[-1] in err
+    assert not (tmp_path / "logs").exists(), "no node may have been started"
