@@ -20,10 +20,7 @@ Two fits, both vectorised over time:
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,23 +64,6 @@ class DynamicsFitConfig:
         for name in ("max_clusters", "min_samples_per_cluster", "max_samples", "em_iterations"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"dynamics.{name} must be >= 1, got {getattr(self, name)}")
-
-
-_blas_state = threading.local()
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """single_threaded_blas(), entered once per call tree: each entry rescans loaded libraries (~1 ms)."""
-    if getattr(_blas_state, "active", False):
-        yield
-        return
-    with single_threaded_blas():
-        _blas_state.active = True
-        try:
-            yield
-        finally:
-            _blas_state.active = False
 
 
 def _validate_batch(batch: SampleBatch, what: str = "batch") -> None:
@@ -157,7 +137,7 @@ def fit_linear_dynamics(
     _validate_batch(batch)
     if regularization < 0.0:
         raise ValueError(f"regularization must be >= 0, got {regularization}")
-    with _one_blas_thread():
+    with single_threaded_blas():
         mu, sigma = _empirical_moments(transition_tuples(batch))
         Fm, fv, dyn_covar = condition_joint_gaussian(mu, sigma, batch.dX + batch.dU, regularization)
     x0 = batch.X[:, 0]
@@ -207,14 +187,14 @@ class DynamicsPriorGMM:
         K = max(1, min(self.config.max_clusters, (S * T) // self.config.min_samples_per_cluster))
         K = min(K, data.shape[0])
         labels = np.tile((np.arange(T - 1) * K) // (T - 1), S)
-        with _one_blas_thread():
+        with single_threaded_blas():
             return self.gmm.fit(data, K, init_labels=labels)
 
     def eval(self, points: np.ndarray) -> NormalInverseWishart:
         """Unscaled NIW prior (m = 1) for each time step's tuples; points: (T−1, N, D)."""
         if self.gmm.mu is None:
             raise RuntimeError("DynamicsPriorGMM.eval called before any update")
-        with _one_blas_thread():
+        with single_threaded_blas():
             return self.gmm.inference(points)
 
     def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +216,7 @@ def fit_dynamics_with_gmm_prior(
     config = prior.config if config is None else config
     _validate_batch(batch)
     N, s = batch.N, config.prior_strength
-    with _one_blas_thread():
+    with single_threaded_blas():
         Y = transition_tuples(batch)
         mean, emp = _empirical_moments(Y)
         niw = prior.eval(Y)
@@ -281,7 +261,7 @@ class DynamicsFitter:
                 f"batch has (T, dX, dU) = {(batch.T, batch.dX, batch.dU)} but this fitter was fitted with "
                 f"{(self.dynamics.T, self.dynamics.dX, self.dynamics.dU)}"
             )
-        with _one_blas_thread():
+        with single_threaded_blas():
             dyn = self._timed_fit(batch)
         self.dynamics = dyn
         return dyn

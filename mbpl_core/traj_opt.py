@@ -12,10 +12,7 @@ Cm (T, dX+dU, dX+dU), cv (T, dX+dU); marginals mu (T, dX+dU), sigma (T, dX+dU, d
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,23 +28,6 @@ from mbpl_core.containers import (
     TrajectoryMarginals,
 )
 from mbpl_core.costs import QuadraticCost
-
-_blas_depth = threading.local()
-
-
-@contextlib.contextmanager
-def _pinned_blas() -> Iterator[None]:
-    """single_threaded_blas() that only the outermost caller enters: entering it costs ~1 ms."""
-    depth = getattr(_blas_depth, "value", 0)
-    _blas_depth.value = depth + 1
-    try:
-        if depth:
-            yield
-        else:
-            with single_threaded_blas():
-                yield
-    finally:
-        _blas_depth.value = depth
 
 
 class NotPositiveDefiniteError(ValueError):
@@ -444,7 +424,7 @@ def kl_constrained_update(quad: QuadraticCost, dynamics: LinearDynamics, referen
     problem = _prepare_problem(quad, dynamics, reference)
     C_scratch = np.empty_like(problem.C_cost)
     Sxx_scratch = np.empty((dynamics.T, dynamics.dX, dynamics.dX))
-    with _pinned_blas():
+    with single_threaded_blas():
         for it in range(1, config.max_eta_iterations + 1):
             try:
                 controller = _solve_backward(problem, eta, C_scratch).controller
@@ -514,7 +494,7 @@ class UpdateInfo:
 def total_expected_cost(controller: LinearGaussianController, dynamics: LinearDynamics,
                         quad: QuadraticCost) -> float:
     """Σ_t E[c_t] of ``controller`` under ``dynamics`` and the cost model ``quad``."""
-    with _pinned_blas():
+    with single_threaded_blas():
         return float(np.sum(expected_cost(lqr_forward_pass(controller, dynamics), quad)))
 
 
@@ -559,7 +539,7 @@ class ConditionOptimizer:
         """
         if self._prev_controller is None or self._prev_dynamics is None or self._prev_quad is None:
             raise RuntimeError("step_adjustment needs a previous update (check has_previous_update)")
-        with _pinned_blas():
+        with single_threaded_blas():
             previous = total_expected_cost(self._prev_controller, self._prev_dynamics, self._prev_quad)
             predicted = total_expected_cost(self.controller, self._prev_dynamics, self._prev_quad)
             actual = total_expected_cost(self.controller, dynamics, quad)
@@ -573,7 +553,7 @@ class ConditionOptimizer:
         reference None → the current controller (LQR-FLM); MDGPS passes the policy linearisation.
         ε = kl_step · step_mult · T.
         """
-        with _pinned_blas():
+        with single_threaded_blas():
             if adapt_step and self.has_previous_update:
                 previous, predicted, actual = self.step_adjustment(dynamics, quad)
                 self._step_mult = adapt_step_mult(self._step_mult, previous, predicted, actual,
