@@ -7,6 +7,8 @@ per iteration, 16 held-out positions inside the square. After every iteration it
   bottom of a noiseless rollout of each new controller (success: < 1 cm);
 * neural policy: final tip distance of a noiseless rollout from each held-out condition (success < 1 cm)
   and the mean ee-point distance (tip and top);
+* the deployed policy (``MDGPS.deployed_policy``: with gps.select_best the snapshot of lowest noiseless
+  cost on the training holes, chosen without the held-out ones): its held-out success;
 * step_mult, KL, fallbacks, S-step losses and the wall time of the iteration's phases.
 
 Acceptance: LG success on all 4 training conditions within 10 iterations; policy success on >= 90 % of
@@ -73,6 +75,7 @@ def run_seed(config_path: Path, iterations: int, seed: int, overrides: dict[str,
         wall = time.perf_counter() - t0
         lg_tip = tip_distances(train, mdgps.controllers)
         policy_tip = tip_distances(held_out, mdgps.numpy_policy)
+        deployed_tip = policy_tip if mdgps.best is None else tip_distances(held_out, mdgps.deployed_policy)
         rows.append({
             "iteration": report.iteration,
             "lg_cost": list(report.lg_cost),
@@ -81,6 +84,9 @@ def run_seed(config_path: Path, iterations: int, seed: int, overrides: dict[str,
             "policy_tip_m": policy_tip.tolist(),
             "policy_success": float(np.mean(policy_tip < SUCCESS_M)),
             "policy_ee_distance_m": list(report.policy_distance or ()),
+            "deployed_tip_m": deployed_tip.tolist(),
+            "deployed_success": float(np.mean(deployed_tip < SUCCESS_M)),
+            "deployed_from_iteration": None if mdgps.best is None else mdgps.best[1] + 1,
             "step_mult": report.step_mult[0],
             "kl": list(report.kl),
             "fallbacks": sum(1 for i, _ in mdgps.fallbacks if i == report.iteration),
@@ -92,11 +98,13 @@ def run_seed(config_path: Path, iterations: int, seed: int, overrides: dict[str,
         print(f"seed {seed} iteration {row['iteration'] + 1:2d} {wall:5.1f}s  "
               f"LG cost {np.mean(row['lg_cost']):7.1f} "
               f"tip cm {np.round(100 * lg_tip, 1)}  policy held-out success {row['policy_success']:.2f} "
-              f"mean tip {100 * policy_tip.mean():.1f} cm  step_mult {row['step_mult']:.2f}", flush=True)
+              f"mean tip {100 * policy_tip.mean():.1f} cm  deployed {row['deployed_success']:.2f}  "
+              f"step_mult {row['step_mult']:.2f}", flush=True)
     return {"seed": seed, "iterations": rows, "total_s": time.perf_counter() - start,
             "lg_all_inserted_after": _first(rows, "lg_success", 1.0),
             "policy_90_after": _first(rows, "policy_success", 0.9),
-            "policy_best": max(r["policy_success"] for r in rows)}
+            "policy_best": max(r["policy_success"] for r in rows),
+            "deployed_90_after": _first(rows, "deployed_success", 0.9)}
 
 
 def _first(rows: list[dict[str, Any]], key: str, level: float) -> int | None:
@@ -117,7 +125,10 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         label = f"seed {res['seed']}"
         axes[0].semilogy(its, [np.mean(r["lg_cost"]) for r in res["iterations"]], marker="o", label=label)
         axes[1].plot(its, [r["lg_success"] for r in res["iterations"]], marker="o", label=label)
-        axes[2].plot(its, [r["policy_success"] for r in res["iterations"]], marker="o", label=label)
+        line = axes[2].plot(its, [r["policy_success"] for r in res["iterations"]], marker="o", label=label)
+        if any(r["deployed_from_iteration"] for r in res["iterations"]):
+            axes[2].plot(its, [r["deployed_success"] for r in res["iterations"]], ls=":", marker="x",
+                         color=line[0].get_color(), label=f"{label} deployed (best on training)")
     axes[0].set_title("LG sampled cost (mean over 4 conditions)")
     axes[1].set_title("LG insertion success (4 training holes)")
     axes[2].set_title("policy insertion success (16 held-out holes)")
@@ -158,6 +169,8 @@ def main() -> None:
         print(f"seed {res['seed']}: LG all 4 inserted after {res['lg_all_inserted_after']} iterations, "
               f"policy >= 90 % after {res['policy_90_after']}, best {res['policy_best']:.2f}, "
               f"final policy success {last['policy_success']:.2f}, "
+              f"final deployed success {last['deployed_success']:.2f} "
+              f"(from iteration {last['deployed_from_iteration']}), "
               f"{res['total_s']:.0f} s")
 
 

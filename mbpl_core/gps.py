@@ -386,7 +386,11 @@ def _adam_regression(
     config: GPSConfig,
     generator: torch.Generator | None,
 ) -> tuple[float, float]:
-    """config.iterations Adam steps on minibatches of the precision-weighted loss; (loss before, after)."""
+    """config.iterations Adam steps on minibatches of the precision-weighted loss; (loss before, after).
+
+    With config.average_last = A > 0 the policy ends at θ̄ = (1/A) Σ_{s > S−A} θ_s, the mean of the last A
+    iterates (S = config.iterations), instead of θ_S.
+    """
     dev = policy.device
     o, mu, prec = (torch.as_tensor(a, dtype=DTYPE, device=dev) for a in (obs, target_mu, target_prec))
     gen = generator if generator is not None else torch.Generator().manual_seed(config.seed)
@@ -395,8 +399,11 @@ def _adam_regression(
     M, batch = o.shape[0], min(config.batch_size, o.shape[0])
     # The permutation is drawn on the CPU generator (same order on every device), moved once per epoch.
     perm, pos = torch.randperm(M, generator=gen).to(dev), 0
+    params = list(policy.parameters())
+    average = [torch.zeros_like(p) for p in params]
+    first_averaged = config.iterations - config.average_last
     policy.train()
-    for _ in range(config.iterations):
+    for step in range(config.iterations):
         if pos + batch > M:
             perm, pos = torch.randperm(M, generator=gen).to(dev), 0
         idx = perm[pos:pos + batch]
@@ -405,7 +412,16 @@ def _adam_regression(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step >= first_averaged:
+            with torch.no_grad():
+                for acc, p in zip(average, params, strict=True):
+                    acc.add_(p, alpha=1.0 / config.average_last)
     policy.eval()
+    if config.average_last:
+        # Polyak-Ruppert: the mean iterate has the minibatch noise of the last steps averaged out.
+        with torch.no_grad():
+            for acc, p in zip(average, params, strict=True):
+                p.copy_(acc)
     return loss_before, _full_loss(policy, o, mu, prec)
 
 
@@ -465,6 +481,7 @@ class GPSIterationReport:
     sampling_s: float
     c_step_s: float
     s_step_s: float
+    train_policy_cost: tuple[float, ...] | None = None
 
 
 def policy_rollouts(env: Environment, policy: Policy, conditions: Sequence[int]) -> list[SampleBatch]:
@@ -583,6 +600,26 @@ class MDGPS:
         self.fallbacks: list[tuple[int, int]] = []
         self._records: list[CStepRecord] | None = None
         self._numpy_policy = NumpyPolicy(policy_to_params(self.policy))
+        self.best: tuple[float, int, NumpyPolicy] | None = None  # (mean training cost, iteration, policy)
+
+    @property
+    def deployed_policy(self) -> NumpyPolicy:
+        """The policy to deploy: with gps.select_best the S-step snapshot of lowest noiseless training cost
+        (:meth:`_select`), otherwise (or before any S-step) the latest, :attr:`numpy_policy`."""
+        return self._numpy_policy if self.best is None else self.best[2]
+
+    def _select(self) -> tuple[float, ...] | None:
+        """With gps.select_best: noiseless rollouts of the new policy on the training conditions, costs
+        Σ_t c_m (M,); the snapshot replaces :attr:`best` when mean_m Σ_t c_m is lower."""
+        if not self.gps_config.select_best:
+            return None
+        batches = policy_rollouts(self.env, self._numpy_policy, range(self.env.num_conditions))
+        costs = tuple(float(quadratic_cost_model(c, b)[0].sum()) for c, b in zip(self.lg.costs, batches,
+                                                                                     strict=True))
+        score = float(np.mean(costs))
+        if np.isfinite(score) and (self.best is None or score < self.best[0]):
+            self.best = (score, self.iteration_count, self._numpy_policy)
+        return costs
 
     @property
     def controllers(self) -> list[LinearGaussianController]:
@@ -689,7 +726,8 @@ class MDGPS:
 
     def s_step(self, batches: Sequence[SampleBatch]) -> TrainReport:
         """Train the policy onto the current LG controllers at the sampled (and perturbed) states; refresh the
-        numpy copy."""
+        numpy copy. With gps.policy_ema = β > 0 (and a policy trained before):
+        θ ← β θ_before + (1 − β) θ_trained, an exponential moving average over S-steps."""
         obs_idx = self.policy.obs_indices.cpu().numpy()
         cfg = self.gps_config
         targets = build_policy_targets(self.controllers, list(batches), obs_idx)
@@ -698,8 +736,18 @@ class MDGPS:
                                              cfg.augment_scale, self.augment_rng)
             targets = PolicyTargets(*(np.concatenate([getattr(targets, name), getattr(extra, name)])
                                       for name in ("obs", "target_mu", "target_prec")))
+        before = None
+        if cfg.policy_ema > 0 and bool(self.policy.normalization_fitted):
+            # Refit first (function-preserving, idempotent in train_policy) so that θ_before and θ_trained
+            # share one observation scaling and their average is meaningful.
+            self.policy.fit_normalization(targets.obs, refit=cfg.refit_normalization)
+            before = [p.detach().clone() for p in self.policy.parameters()]
         report = train_policy(self.policy, targets.obs, targets.target_mu, targets.target_prec,
                               self.gps_config, self.torch_generator)
+        if before is not None:
+            with torch.no_grad():
+                for old, p in zip(before, self.policy.parameters(), strict=True):
+                    p.mul_(1.0 - cfg.policy_ema).add_(old, alpha=cfg.policy_ema)
         self._numpy_policy = NumpyPolicy(policy_to_params(self.policy))
         return report
 
@@ -729,12 +777,13 @@ class MDGPS:
             s_report = self.s_step(batches)
             c_step_s, s_step_s = t2 - t1, time.perf_counter() - t2
         policy_cost, policy_distance = self._evaluate()
+        train_policy_cost = self._select()
         report = GPSIterationReport(
             iteration=self.iteration_count, lg_cost=lg_cost,
             step_mult=tuple(i.step_mult for i in infos), eta=tuple(i.eta for i in infos),
             kl=tuple(i.kl for i in infos), s_step=s_report, sampled_on_policy=on_policy,
             policy_cost=policy_cost, policy_distance=policy_distance,
-            sampling_s=t1 - t0, c_step_s=c_step_s, s_step_s=s_step_s,
+            sampling_s=t1 - t0, c_step_s=c_step_s, s_step_s=s_step_s, train_policy_cost=train_policy_cost,
         )
         self.iteration_count += 1
         self.reports.append(report)
@@ -742,8 +791,8 @@ class MDGPS:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (picklable): the LQR-FLM state, policy weights and normalisation,
-        torch generator and augmentation rng states, iteration count, reports, the step rule's C-step records
-        and fallbacks. The environments and costs are not included."""
+        torch generator and augmentation rng states, iteration count, reports, the step rule's C-step records,
+        fallbacks and the selected snapshot (gps.select_best). The environments and costs are not included."""
         return {
             "lg": self.lg.state_dict(),
             "gps_config": self.gps_config,
@@ -754,6 +803,7 @@ class MDGPS:
             "reports": list(self.reports),
             "records": self._records,
             "fallbacks": list(self.fallbacks),
+            "best": None if self.best is None else (self.best[0], self.best[1], self.best[2].params),
         }
 
     @classmethod
@@ -774,6 +824,8 @@ class MDGPS:
         obj._records = state.get("records")
         obj.fallbacks = list(state.get("fallbacks", []))
         obj._numpy_policy = NumpyPolicy(policy_to_params(obj.policy))
+        best = state.get("best")
+        obj.best = None if best is None else (float(best[0]), int(best[1]), NumpyPolicy(best[2]))
         return obj
 
     def run(self, iterations: int | None = None,

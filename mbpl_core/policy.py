@@ -48,6 +48,11 @@ class GPSConfig:
     same states) | "after_c_step" (GPS: fit π to the new controllers at the previous controllers' samples);
     augment_copies, augment_scale: extra S-step targets per sample at states perturbed within the samples'
     spread (× scale), labelled by the LG controllers (``mbpl_core.gps.perturbed_policy_targets``; 0: none).
+    average_last: the S-step returns the mean of the weights of its last ``average_last`` Adam steps
+    (Polyak-Ruppert iterate averaging; 0: the last iterate). policy_ema: after each S-step (from the second)
+    θ ← β θ_before + (1 − β) θ_trained with β = policy_ema (0: no averaging across iterations).
+    select_best: after each S-step roll the policy out noiselessly on the training conditions and keep the
+    snapshot with the lowest mean cost as ``MDGPS.deployed_policy`` (training data only; off: the last one).
     """
 
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -69,6 +74,9 @@ class GPSConfig:
     s_step_order: Literal["before_c_step", "after_c_step"] = "before_c_step"
     augment_copies: int = 0
     augment_scale: float = 1.0
+    average_last: int = 0
+    policy_ema: float = 0.0
+    select_best: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -97,6 +105,10 @@ class GPSConfig:
         if self.augment_copies < 0 or not (np.isfinite(self.augment_scale) and self.augment_scale > 0):
             raise ConfigError(f"gps.augment_copies must be >= 0 and augment_scale > 0, got "
                               f"{self.augment_copies}, {self.augment_scale}")
+        if self.average_last < 0 or self.average_last > max(self.iterations, 0):
+            raise ConfigError(f"gps.average_last must be in [0, iterations], got {self.average_last}")
+        if not (np.isfinite(self.policy_ema) and 0.0 <= self.policy_ema < 1.0):
+            raise ConfigError(f"gps.policy_ema must be in [0, 1), got {self.policy_ema}")
         if self.batch_size < 1 or self.iterations < 0:
             raise ConfigError(f"gps.batch_size must be >= 1 and iterations >= 0, got "
                               f"{self.batch_size}, {self.iterations}")

@@ -128,7 +128,7 @@ def train_in_process(
                 f"max {max(lg_tip):.4f} m, {sum(d < threshold for d in lg_tip)}/{len(lg_tip)} within "
                 f"{threshold * 100:.0f} cm")
         if held_out is not None:
-            pol_tip = _tip_distances(held_out, [algorithm.numpy_policy])
+            pol_tip = _tip_distances(held_out, [algorithm.deployed_policy])
             history.policy_tip_distance.append(pol_tip)
             line += (f" | policy held-out: {sum(d < threshold for d in pol_tip)}/{len(pol_tip)} within, "
                      f"median {np.median(pol_tip):.4f} m")
@@ -147,7 +147,14 @@ def _write_outputs(algorithm: Any, experiment: ExperimentConfig, history: Traini
         plot_history(history, run_dir / "learning_curve.png", f"{experiment.name} ({experiment.method})")
     if experiment.method == "mdgps":
         from mbpl_core.gps import save_policy_checkpoint
+        from mbpl_core.policy import NPZ_NAME, params_to_arrays
 
         path = save_policy_checkpoint(run_dir / "policy", algorithm.policy, algorithm.gps_config)
+        if algorithm.best is not None:
+            # gps.select_best: policy.npz (what the sampler and `mbpl eval` load) holds the selected
+            # snapshot; policy.pt keeps the latest network for further training.
+            deployed = algorithm.deployed_policy.params
+            np.savez(path / NPZ_NAME, **params_to_arrays(deployed, algorithm.gps_config))
+            log(f"[mbpl] deployed policy: S-step snapshot of iteration {algorithm.best[1]} (gps.select_best)")
         log(f"[mbpl] policy checkpoint {path} (run it with: mbpl eval {experiment.source} --policy {path})")
     log(f"[mbpl] wrote {run_dir}/history.json, learning_curve.png, algorithm_state.pkl")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mbpl_core.config import from_dict
+from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import (
     LinearDynamics,
     LinearGaussianController,
@@ -18,7 +18,7 @@ from mbpl_core.containers import (
     ShapeError,
     StateLayout,
 )
-from mbpl_core.costs import CostConfig, QuadraticCost, build_cost
+from mbpl_core.costs import CostConfig, QuadraticCost, build_cost, quadratic_cost_model
 from mbpl_core.gps import (
     MDGPS,
     CStepRecord,
@@ -382,3 +382,74 @@ def test_mdgps_on_simulated_reacher_improves_held_out_reaching() -> None:
     reports = mdgps.run(8)
     assert np.mean(reports[-1].policy_distance) < 0.6 * untrained
     assert np.mean(reports[-1].lg_cost) < np.mean(reports[0].lg_cost)
+
+
+def test_average_last_returns_the_mean_of_the_last_iterates() -> None:
+    # Oracle: θ_n is the n-step iterate (the same generator gives the same minibatches); the averaged S-step
+    # must end at (θ_{S−2} + θ_{S−1} + θ_S) / 3, computed here from three separate plain runs.
+    rng = np.random.default_rng(3)
+    obs, mu = rng.normal(size=(60, 4)), rng.normal(size=(60, 2))
+    prec = np.broadcast_to(np.eye(2), (60, 2, 2))
+    base = GPSConfig(hidden_sizes=(8,), iterations=12, batch_size=16, learning_rate=1e-2, device="cpu")
+
+    def trained(config: GPSConfig) -> torch.Tensor:
+        policy = GaussianMLPPolicy.from_config(base, 4, 2)
+        train_policy(policy, obs, mu, prec, config, torch.Generator().manual_seed(1))
+        return torch.cat([p.detach().flatten() for p in policy.parameters()])
+
+    iterates = [trained(GPSConfig(**{**base.__dict__, "iterations": n})) for n in (10, 11, 12)]
+    averaged = trained(GPSConfig(**{**base.__dict__, "average_last": 3}))
+    torch.testing.assert_close(averaged, sum(iterates) / 3, rtol=0, atol=1e-12)
+    torch.testing.assert_close(trained(GPSConfig(**{**base.__dict__, "average_last": 1})), iterates[-1],
+                               rtol=0, atol=0)
+
+
+def test_policy_ema_blends_the_previous_and_the_trained_weights() -> None:
+    # Until the second S-step both runs are identical (no average before a first fit); at the second, the
+    # plain run's weights are θ_trained, and the EMA run must hold β θ_before + (1 − β) θ_trained.
+    train, _, cost, algorithm = _point_mass_setup()
+    beta = 0.7
+    plain_cfg = GPSConfig(hidden_sizes=(16,), iterations=50, device="cpu", refit_normalization=False)
+    runs = [MDGPS(train, cost, algorithm, GPSConfig(**{**plain_cfg.__dict__, "policy_ema": b}),
+                  np.random.default_rng(6)) for b in (0.0, beta)]
+    for mdgps in runs:
+        mdgps.run(1)
+    before = torch.cat([p.detach().flatten() for p in runs[1].policy.parameters()])
+    for mdgps in runs:
+        mdgps.run(1)
+    plain, ema = (torch.cat([p.detach().flatten() for p in m.policy.parameters()]) for m in runs)
+    assert not torch.equal(plain, before)
+    torch.testing.assert_close(ema, beta * before + (1 - beta) * plain, rtol=0, atol=1e-12)
+    x = train.x0(0)
+    np.testing.assert_array_equal(runs[1].numpy_policy.act(0, x),
+                                  NumpyPolicy(policy_to_params(runs[1].policy)).act(0, x))
+
+
+@pytest.mark.parametrize("bad", [{"average_last": -1}, {"average_last": 51}, {"policy_ema": 1.0},
+                                 {"policy_ema": -0.1}, {"policy_ema": float("nan")}])
+def test_averaging_settings_are_validated(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match="gps"):
+        GPSConfig(iterations=50, **bad)  # type: ignore[arg-type]
+
+
+def test_select_best_deploys_the_lowest_training_cost_snapshot() -> None:
+    # Oracle: the deployed policy's own noiseless training cost (recomputed here) is the minimum over the
+    # iterations' reported training costs, reached first at the recorded iteration; resuming keeps it.
+    train, held_out, cost, algorithm = _point_mass_setup()
+    gps_config = GPSConfig(hidden_sizes=(16,), iterations=60, device="cpu", select_best=True)
+    mdgps = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(8), eval_env=held_out)
+    reports = mdgps.run(4)
+    means = [float(np.mean(r.train_policy_cost)) for r in reports]  # type: ignore[arg-type]
+    assert mdgps.best is not None
+    score, iteration, deployed = mdgps.best
+    assert iteration == int(np.argmin(means)) and score == min(means)
+    recomputed = [float(quadratic_cost_model(cost, train.sample(deployed, m, None))[0].sum())
+                  for m in range(train.num_conditions)]
+    np.testing.assert_allclose(np.mean(recomputed), score, rtol=1e-12)
+    resumed = MDGPS.from_state(train, cost, pickle.loads(pickle.dumps(mdgps.state_dict())))
+    x = train.x0(2)
+    np.testing.assert_array_equal(resumed.deployed_policy.act(0, x), deployed.act(0, x))
+    plain = MDGPS(train, cost, algorithm, GPSConfig(hidden_sizes=(16,), iterations=60, device="cpu"),
+                  np.random.default_rng(8))
+    plain.run(1)
+    assert plain.deployed_policy is plain.numpy_policy and plain.reports[0].train_policy_cost is None
