@@ -94,6 +94,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, "launch")
     path, raw = effective_config(args.config, args.set, run_dir)
+    from mbpl_sim.experiment import experiment_from_dict
+
+    experiment_from_dict(raw, base_dir=path.parent, source=str(path)).check_sections()
     specs = graph_from_experiment(path, raw, run_dir=run_dir)
     print(f"[mbpl] run folder {run_dir}; nodes: {', '.join(s.name for s in specs)}", flush=True)
     return ProcessLauncher(specs, run_dir).run()
