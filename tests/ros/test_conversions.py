@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mbpl_core.containers import LinearDynamics, LinearGaussianController, SampleBatch, ShapeError
+from mbpl_core.policy import NumpyPolicy, PolicyParams
 from mbpl_ros import conversions as cv
 
 pytest.importorskip("mbpl_msgs.msg")
@@ -24,14 +25,17 @@ def _controller(rng: np.random.Generator, T: int = 7, dU: int = 3, dX: int = 5) 
     )
 
 
-def _params(rng: np.random.Generator, sizes: tuple[int, ...] = (4, 8, 6, 2)) -> cv.PolicyParams:
-    return cv.PolicyParams(
+def _params(rng: np.random.Generator, sizes: tuple[int, ...] = (4, 8, 6, 2)) -> PolicyParams:
+    """A tanh MLP that observes 4 of the 9 entries of x (so obs_indices and state_dim must travel)."""
+    return PolicyParams.from_layers(
         weights=tuple(rng.standard_normal((o, i)) for i, o in zip(sizes[:-1], sizes[1:], strict=True)),
         biases=tuple(rng.standard_normal(o) for o in sizes[1:]),
         obs_mean=rng.standard_normal(sizes[0]),
         obs_std=rng.uniform(0.5, 2.0, sizes[0]),
         action_covar=_spd(rng, 1, sizes[-1])[0],
         activation="tanh",
+        obs_indices=np.array([7, 0, 3, 5]),
+        state_dim=9,
     )
 
 
@@ -130,10 +134,18 @@ def test_policy_params_round_trip_and_forward_pass_agree() -> None:
     msg = cv.policy_params_to_msg(params, policy_id=12)
     back = cv.msg_to_policy_params(msg)
     assert list(msg.layer_sizes) == [4, 8, 6, 2] and back.activation == "tanh"
-    for a, b in zip(params.weights + params.biases, back.weights + back.biases, strict=True):
-        np.testing.assert_array_equal(a, b)
-    for name in ("obs_mean", "obs_std", "action_covar"):
+    assert back.state_dim == 9
+    for (W, b), (W_back, b_back) in zip(params.weights, back.weights, strict=True):
+        np.testing.assert_array_equal(W_back, W)
+        np.testing.assert_array_equal(b_back, b)
+    for name in ("obs_mean", "obs_std", "action_covar", "obs_indices"):
         np.testing.assert_array_equal(getattr(back, name), getattr(params, name))
+    X = rng.standard_normal((5, 9))
+    h = (X[:, [7, 0, 3, 5]] - params.obs_mean) / params.obs_std  # the forward pass written out
+    for i, (W, b) in enumerate(params.weights):
+        h = h @ W.T + b
+        h = np.tanh(h) if i < len(params.weights) - 1 else h
+    np.testing.assert_allclose(NumpyPolicy(back).mean_batch(X), h, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +156,9 @@ def test_policy_params_round_trip_and_forward_pass_agree() -> None:
         (lambda m: setattr(m, "activation", "swish2"), "activation"),
         (lambda m: m.obs_std.__setitem__(0, 0.0), "obs_std must be > 0"),
         (lambda m: setattr(m, "action_covar", array.array("d", [1, 2, 2, 1])), "not positive definite"),
+        (lambda m: setattr(m, "obs_indices", array.array("I", [7, 0, 3])), "obs_indices has 3 entries"),
+        (lambda m: setattr(m, "obs_indices", array.array("I", [7, 0, 0, 5])), "must be unique"),
+        (lambda m: setattr(m, "state_dim", 6), "obs_indices must lie in"),
     ],
 )
 def test_malformed_policy_params_are_rejected(mutate, reason: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import LinearGaussianController, ShapeError
 from mbpl_core.noise import NoiseConfig, generate_noise
+from mbpl_core.policy import PolicyParams
 from mbpl_ros.rt_loop import DeadlineLoop, LoopStats, TickInfo
 
 pytest.importorskip("mujoco")
@@ -150,10 +150,11 @@ def test_lockstep_trial_equals_in_process_rollout(experiment, experiment_file, s
 def test_policy_trial_equals_in_process_rollout(experiment, experiment_file, setup) -> None:
     rng = np.random.default_rng(3)
     dX, dU, H = setup.dX, setup.dU, 8
-    weights = SimpleNamespace(
+    weights = PolicyParams.from_layers(
         weights=(0.3 * rng.standard_normal((H, dX)), 0.3 * rng.standard_normal((dU, H))),
         biases=(rng.standard_normal(H), rng.standard_normal(dU)), activation="tanh",
-        obs_mean=rng.standard_normal(dX), obs_std=rng.uniform(0.5, 2.0, dX), action_covar=0.05 * np.eye(dU))
+        obs_mean=rng.standard_normal(dX), obs_std=rng.uniform(0.5, 2.0, dX), action_covar=0.05 * np.eye(dU),
+        state_dim=dX)
     sampler, io = _start(experiment, experiment_file, setup)
     try:
         assert sampler.request_trial(TrialRequest(0, 1, "policy")) == (False, "no policy received yet")

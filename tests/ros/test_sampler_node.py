@@ -28,6 +28,7 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from mbpl_core.containers import LinearGaussianController  # noqa: E402
+from mbpl_core.policy import PolicyParams  # noqa: E402
 from mbpl_ros import conversions  # noqa: E402
 from mbpl_ros.params import declare_parameters, schema_defaults  # noqa: E402
 from mbpl_ros.sampler_logic import RobotSetup, SamplerParams, build_numpy_policy, trial_noise  # noqa: E402
@@ -174,14 +175,15 @@ def test_deployed_policy_trial_equals_in_process_rollout(lockstep_graph, rclpy_n
     answer = client.request(wait_for, condition=0, trial_id=1, policy_kind="policy", seed=5, add_noise=True)
     assert not answer.accepted and answer.message == "no policy received yet"
     rng = np.random.default_rng(6)
-    weights = conversions.PolicyParams(
+    weights = PolicyParams.from_layers(
         weights=(0.3 * rng.standard_normal((16, env.dX)), 0.3 * rng.standard_normal((env.dU, 16))),
         biases=(rng.standard_normal(16), rng.standard_normal(env.dU)), obs_mean=rng.standard_normal(env.dX),
-        obs_std=rng.uniform(0.5, 2.0, env.dX), action_covar=0.05 * np.eye(env.dU), activation="relu")
+        obs_std=rng.uniform(0.5, 2.0, env.dX), action_covar=0.05 * np.eye(env.dU), activation="relu",
+        state_dim=env.dX)
     policy_pub = rclpy_node.create_publisher(PolicyParameters, "mbpl/policy", LATCHED_QOS)
-    wrong = conversions.PolicyParams(weights=(np.ones((env.dU, env.dX + 1)),), biases=(np.zeros(env.dU),),
+    wrong = PolicyParams.from_layers(weights=(np.ones((env.dU, env.dX + 1)),), biases=(np.zeros(env.dU),),
                                      obs_mean=np.zeros(env.dX + 1), obs_std=np.ones(env.dX + 1),
-                                     action_covar=np.eye(env.dU))
+                                     action_covar=np.eye(env.dU))  # a policy for states of dX + 1
     policy_pub.publish(conversions.policy_params_to_msg(wrong, 3))
     policy_pub.publish(conversions.policy_params_to_msg(weights, 4))
     wait_for(rclpy_node, lambda: client.counter("policies_received") == 2, STARTUP_TIMEOUT, "two policies")

@@ -35,9 +35,11 @@ from mbpl_core.containers import (
     batched_cholesky,
     check_finite,
 )
+from mbpl_core.policy import PolicyParams
 
 POLICY_KINDS = ("lg", "policy")
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "softplus", "leaky_relu", "gelu", "identity")
+# the hidden-layer activations mbpl_core.policy.NumpyPolicy implements
+ACTIVATIONS = ("relu", "tanh")
 _SYMMETRY_RTOL = 1e-9
 
 __all__ = [
@@ -282,67 +284,6 @@ def msg_to_sample(msg: TrajectorySampleMsg) -> tuple[SampleBatch, SampleMetadata
 
 
 # -------------------------------------------------------------------------------------- policy weights
-@dataclass(frozen=True)
-class PolicyParams:
-    """Weights of an MLP policy u ~ N(f((o - obs_mean) / obs_std), action_covar).
-
-    weights[i]: (layer_sizes[i+1], layer_sizes[i]); biases[i]: (layer_sizes[i+1],); hidden layers use
-    ``activation``, the output layer is linear. obs_mean, obs_std: (obs_dim,), obs_std > 0;
-    action_covar: (act_dim, act_dim) symmetric positive definite.
-    """
-
-    weights: tuple[np.ndarray, ...]
-    biases: tuple[np.ndarray, ...]
-    obs_mean: np.ndarray
-    obs_std: np.ndarray
-    action_covar: np.ndarray
-    activation: str = "relu"
-
-    def __post_init__(self) -> None:
-        weights = tuple(np.asarray(w, dtype=np.float64) for w in self.weights)
-        biases = tuple(np.asarray(b, dtype=np.float64) for b in self.biases)
-        if not weights or len(weights) != len(biases):
-            raise ShapeError(
-                f"PolicyParams needs >= 1 layer and one bias per weight ({len(weights)}, {len(biases)})"
-            )
-        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
-            if w.ndim != 2 or b.shape != (w.shape[0],):
-                raise ShapeError(f"layer {i}: weight {w.shape} and bias {b.shape} are not (out, in), (out,)")
-            if i and w.shape[1] != weights[i - 1].shape[0]:
-                n_prev = weights[i - 1].shape[0]
-                raise ShapeError(f"layer {i} takes {w.shape[1]} inputs but layer {i - 1} gives {n_prev}")
-            check_finite(f"weights[{i}]", w)
-            check_finite(f"biases[{i}]", b)
-        obs_dim, act_dim = weights[0].shape[1], weights[-1].shape[0]
-        _validate_normalisation(np.asarray(self.obs_mean, float), np.asarray(self.obs_std, float), obs_dim)
-        covar = np.asarray(self.action_covar, dtype=np.float64)
-        if covar.shape != (act_dim, act_dim):
-            raise ShapeError(f"action_covar has shape {covar.shape}, expected ({act_dim}, {act_dim})")
-        check_finite("action_covar", covar)
-        _check_symmetric("action_covar", covar)
-        batched_cholesky("action_covar", covar[None])
-        if self.activation not in ACTIVATIONS:
-            raise ShapeError(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
-        object.__setattr__(self, "weights", weights)
-        object.__setattr__(self, "biases", biases)
-        object.__setattr__(self, "obs_mean", np.asarray(self.obs_mean, dtype=np.float64))
-        object.__setattr__(self, "obs_std", np.asarray(self.obs_std, dtype=np.float64))
-        object.__setattr__(self, "action_covar", covar)
-
-    @property
-    def layer_sizes(self) -> tuple[int, ...]:
-        """[obs_dim, hidden..., act_dim]."""
-        return (int(self.weights[0].shape[1]),) + tuple(int(w.shape[0]) for w in self.weights)
-
-    @property
-    def obs_dim(self) -> int:
-        return self.layer_sizes[0]
-
-    @property
-    def act_dim(self) -> int:
-        return self.layer_sizes[-1]
-
-
 def _validate_normalisation(obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: int) -> None:
     for name, arr in (("obs_mean", obs_mean), ("obs_std", obs_std)):
         if arr.shape != (obs_dim,):
@@ -355,45 +296,77 @@ def _validate_normalisation(obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: 
 def policy_params_to_msg(
     params: PolicyParams, policy_id: int, stamp: Time | None = None
 ) -> PolicyParametersMsg:
-    """Message of MLP weights: every layer's W (out, in) row-major then b (out,), in layer order."""
+    """Message of a policy (mbpl_core.policy.PolicyParams): every layer's W (out, in) row-major then b (out,).
+
+    Also carries obs_indices (dO,) and state_dim dX, so a policy that observes a subset of the state
+    is applied to the same entries of x on the receiving side.
+    """
     msg = PolicyParametersMsg()
     _header_stamp(msg, stamp)
     msg.policy_id = int(policy_id)
-    msg.obs_dim, msg.act_dim = params.obs_dim, params.act_dim
+    msg.obs_dim, msg.act_dim = params.dO, params.dU
     msg.layer_sizes = array.array("I", params.layer_sizes)
     msg.activation = params.activation
-    parts = [p for w, b in zip(params.weights, params.biases, strict=True) for p in (w.ravel(), b)]
+    parts = [p for w, b in params.weights for p in (w.ravel(), b)]
     msg.weights = _to_array_d(np.concatenate(parts))
     msg.obs_mean = _to_array_d(params.obs_mean)
     msg.obs_std = _to_array_d(params.obs_std)
     msg.action_covar = _to_array_d(params.action_covar)
+    msg.obs_indices = array.array("I", (int(i) for i in params.obs_indices))
+    msg.state_dim = int(params.state_dim or 0)
     return msg
 
 
+def _split_layers(msg: PolicyParametersMsg, sizes: list[int]) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """[(W_l (n_l, n_{l-1}), b_l (n_l,))] from the flat weights field, checking its length."""
+    n_weights = sum(o * i + o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
+    flat = _from_field(msg, "weights", (n_weights,), "PolicyParameters")
+    layers, offset = [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        W = flat[offset : offset + n_out * n_in].reshape(n_out, n_in).copy()
+        offset += n_out * n_in
+        layers.append((W, flat[offset : offset + n_out].copy()))
+        offset += n_out
+    return tuple(layers)
+
+
+def _obs_indices(msg: PolicyParametersMsg, obs_dim: int) -> np.ndarray:
+    """obs_indices (obs_dim,) of the message; an empty field means the whole state 0..obs_dim-1."""
+    idx = np.asarray(msg.obs_indices, dtype=np.int64)
+    if idx.size == 0:
+        return np.arange(obs_dim)
+    if idx.shape != (obs_dim,):
+        raise ShapeError(f"PolicyParameters.obs_indices has {idx.size} entries, expected obs_dim={obs_dim}")
+    if np.unique(idx).size != idx.size:
+        raise ShapeError("PolicyParameters.obs_indices must be unique")
+    return idx
+
+
 def msg_to_policy_params(msg: PolicyParametersMsg) -> PolicyParams:
-    """MLP weights from their message; ShapeError naming the inconsistency if malformed."""
+    """mbpl_core.policy.PolicyParams from its message; ShapeError naming the inconsistency if malformed.
+
+    Checks the layer sizes against obs_dim/act_dim and the weights' length, finite values, obs_std > 0,
+    a relu/tanh activation, a symmetric positive definite action_covar (act_dim, act_dim), and
+    obs_indices inside [0, state_dim) (state_dim 0: max(obs_indices) + 1).
+    """
     sizes = [int(s) for s in msg.layer_sizes]
     if len(sizes) < 2 or min(sizes) < 1:
         raise ShapeError(f"PolicyParameters.layer_sizes must list >= 2 positive sizes, got {sizes}")
     if sizes[0] != msg.obs_dim or sizes[-1] != msg.act_dim:
         raise ShapeError(f"layer_sizes {sizes} disagree with obs_dim={msg.obs_dim}, act_dim={msg.act_dim}")
-    n_weights = sum(o * i + o for i, o in zip(sizes[:-1], sizes[1:], strict=True))
-    flat = _from_field(msg, "weights", (n_weights,), "PolicyParameters")
-    weights, biases, offset = [], [], 0
-    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
-        weights.append(flat[offset : offset + n_out * n_in].reshape(n_out, n_in).copy())
-        offset += n_out * n_in
-        biases.append(flat[offset : offset + n_out].copy())
-        offset += n_out
+    if msg.activation not in ACTIVATIONS:
+        raise ShapeError(f"PolicyParameters.activation {msg.activation!r} is not one of {ACTIVATIONS}")
+    layers = _split_layers(msg, sizes)
     obs_dim, act_dim = sizes[0], sizes[-1]
-    return PolicyParams(
-        weights=tuple(weights),
-        biases=tuple(biases),
-        obs_mean=_from_field(msg, "obs_mean", (obs_dim,), "PolicyParameters").copy(),
-        obs_std=_from_field(msg, "obs_std", (obs_dim,), "PolicyParameters").copy(),
-        action_covar=_from_field(msg, "action_covar", (act_dim, act_dim), "PolicyParameters").copy(),
-        activation=msg.activation,
-    )
+    obs_mean = _from_field(msg, "obs_mean", (obs_dim,), "PolicyParameters").copy()
+    obs_std = _from_field(msg, "obs_std", (obs_dim,), "PolicyParameters").copy()
+    _validate_normalisation(obs_mean, obs_std, obs_dim)
+    covar = _from_field(msg, "action_covar", (act_dim, act_dim), "PolicyParameters").copy()
+    _check_symmetric("PolicyParameters.action_covar", covar)
+    batched_cholesky("PolicyParameters.action_covar", covar[None])
+    state_dim = int(msg.state_dim) or None
+    return PolicyParams(weights=layers, activation=msg.activation, obs_mean=obs_mean, obs_std=obs_std,
+                        obs_indices=_obs_indices(msg, obs_dim), action_covar=covar, state_dim=state_dim)
 
 
 # ------------------------------------------------------------------------------- joint states, efforts

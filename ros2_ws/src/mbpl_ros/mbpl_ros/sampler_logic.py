@@ -166,27 +166,15 @@ def validate_controller(controller: LinearGaussianController, setup: RobotSetup,
         raise ShapeError(f"max |K| = {gain:.3g} exceeds the gain bound max_gain = {max_gain:g}")
 
 
-class PolicyWeights(Protocol):
-    """The message-side weights (mbpl_ros.conversions.PolicyParams): W_i (out, in), b_i (out,)."""
-
-    weights: tuple[np.ndarray, ...]
-    biases: tuple[np.ndarray, ...]
-    obs_mean: np.ndarray
-    obs_std: np.ndarray
-    action_covar: np.ndarray
-    activation: str
-
-
-def build_numpy_policy(weights: PolicyWeights, setup: RobotSetup) -> NumpyPolicy:
+def build_numpy_policy(params: PolicyParams, setup: RobotSetup) -> NumpyPolicy:
     """NumpyPolicy u = f((x[obs_indices] − obs_mean)/obs_std) for this robot; ShapeError if it does not fit.
 
-    Checks obs_dim = len(obs_indices), act_dim = dU, a relu/tanh activation, and that the action at
-    x = 0 is finite, so a policy whose weights overflow is never deployed.
+    params: mbpl_core.policy.PolicyParams (the message carries obs_indices and state_dim). Checks
+    state_dim = dX and dU of the robot, and that the action at x = 0 is finite, so a policy whose
+    weights overflow is never deployed.
     """
-    params = PolicyParams(weights=tuple(zip(weights.weights, weights.biases, strict=True)),
-                          activation=weights.activation, obs_mean=weights.obs_mean, obs_std=weights.obs_std,
-                          obs_indices=setup.obs_indices, action_covar=weights.action_covar,
-                          state_dim=setup.dX)
+    if params.state_dim != setup.dX:
+        raise ShapeError(f"policy is for states of dX = {params.state_dim}, the robot has dX = {setup.dX}")
     if params.dU != setup.dU:
         raise ShapeError(f"policy has {params.dU} actions, the robot has dU = {setup.dU}")
     policy = NumpyPolicy(params)
@@ -595,7 +583,7 @@ class Sampler:
         self.io.log("info", f"accepted {what}")
         return True
 
-    def offer_policy(self, policy_id: int, weights: PolicyWeights | Exception) -> bool:
+    def offer_policy(self, policy_id: int, weights: PolicyParams | Exception) -> bool:
         """Validate and deploy policy weights (or count the conversion error); True if accepted."""
         self.counters.policies_received += 1
         if isinstance(weights, Exception):
