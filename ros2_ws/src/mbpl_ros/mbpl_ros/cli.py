@@ -3,9 +3,12 @@
 * ``mbpl launch CONFIG [--set key=value ...] [--run-dir DIR]`` — start the ROS 2 graph of an experiment
   (sim node, sampler, fitting, ilqr, trainer) with the bringup's process launcher.
 * ``mbpl train CONFIG [--set key=value ...] [--iterations N] [--run-dir DIR]`` —
-  LQR-FLM or MDGPS in one process over the MuJoCo environment (no ROS), the way algorithms are benchmarked and debugged.
-* ``mbpl eval CONFIG --policy CHECKPOINT [--conditions held_out|train] [--render]`` — roll a saved
-  policy out in simulation (no trainer needed) and report success and final distances.
+  LQR-FLM or MDGPS in one process over the MuJoCo environment (no ROS), the way algorithms are
+  benchmarked and debugged.
+* ``mbpl eval CONFIG --policy CHECKPOINT [--conditions held_out|train] [--render] [--graph]`` — roll a
+  saved policy out in simulation (no trainer needed) and report success and final distances; with
+  ``--graph`` through the ROS 2 nodes instead: the sim node and the sampler alone, the sampler loading
+  the checkpoint (numpy only) and running one noiseless RunTrial(policy_kind="policy") per condition.
 
 ``--set`` overrides one key of the experiment YAML with a dotted path and a YAML value, e.g.
 ``--set algorithm.iterations=3 --set ros.lockstep=false``. The effective configuration is written to
@@ -129,14 +132,115 @@ def cmd_eval(args: argparse.Namespace) -> int:
     checkpoint = Path(args.policy)
     if not checkpoint.exists():
         raise ConfigError(f"--policy {str(checkpoint)!r}: no such checkpoint")
-    policy, _ = load_policy_checkpoint(checkpoint)
     render_dir = run_dir / "videos" if args.render else None
-    result = evaluate_in_sim(experiment, policy, args.conditions, args.only, args.threshold, render_dir)
+    if args.graph:
+        if args.render:
+            raise ConfigError("--render works in-process only (without --graph)")
+        try:
+            result = evaluate_in_graph(experiment, run_dir, checkpoint, args.conditions, args.only,
+                                       args.threshold)
+        except RuntimeError as err:  # a node did not come up, refused or aborted a trial
+            print(f"mbpl eval --graph: {err}", file=sys.stderr)
+            return 1
+    else:
+        policy, _ = load_policy_checkpoint(checkpoint)
+        result = evaluate_in_sim(experiment, policy, args.conditions, args.only, args.threshold, render_dir)
     print(result.summary(), flush=True)
     write_result(result, run_dir / "evaluation.json")
     videos = f" and videos in {render_dir}" if render_dir else ""
-    print(f"[mbpl] wrote {run_dir / 'evaluation.json'}{videos}")
+    print(f"[mbpl] wrote {run_dir / 'evaluation.json'}{videos}", flush=True)
     return 1 if args.require_success and not bool(np.all(result.success)) else 0
+
+
+def evaluate_in_graph(experiment: Any, run_dir: Path, checkpoint: Path, condition_set: str = "held_out",
+                      only: Sequence[int] | None = None, threshold: float | None = None,
+                      trial_timeout: float = 60.0) -> Any:
+    """Noiseless policy trials through the graph: sim node + sampler (policy_checkpoint), one per condition.
+
+    Both nodes get ``condition_set``; their output goes to ``<run_dir>/graph.log``. Returns an
+    mbpl_sim.evaluate.EvaluationResult from the samples' last states (tip = first ee point).
+    """
+    import threading
+
+    from mbpl_ros.bringup import NodeSpec, ProcessLauncher, graph_from_experiment
+    from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD, EvaluationResult
+
+    count = len(experiment.conditions(condition_set))
+    chosen = tuple(range(count)) if only is None else tuple(int(c) for c in only)
+    if not chosen or any(not 0 <= c < count for c in chosen):
+        raise ConfigError(f"conditions {list(chosen)} out of range: the {condition_set!r} set has {count}")
+    extra = {"sim": {"condition_set": condition_set},
+             "sampler": {"condition_set": condition_set, "policy_checkpoint": str(checkpoint.resolve())}}
+    specs = [NodeSpec(s.name, s.module, {**s.parameters, **extra[s.name]})
+             for s in graph_from_experiment(experiment.source, run_dir=run_dir) if s.name in extra]
+    if len(specs) != 2:
+        raise ConfigError("--graph needs the sim node (ros.sim: true)")
+    with open(run_dir / "graph.log", "w") as log:
+        launcher = ProcessLauncher(specs, run_dir, out=log)
+        supervisor = threading.Thread(target=launcher.run, name="graph", daemon=True)
+        supervisor.start()
+        try:
+            batches = _policy_trials(chosen, trial_timeout)
+        finally:
+            launcher.shutdown()
+            supervisor.join(timeout=30.0)
+    layout = experiment.layout
+    points = [np.linalg.norm(b.X[0, -1, layout.ee_points].reshape(-1, 3), axis=1) for b in batches]
+    if threshold is None:
+        threshold = DEFAULT_SUCCESS_THRESHOLD.get(experiment.task.scene, 0.02)
+    return EvaluationResult(condition_set, chosen, np.array([p[0] for p in points]),
+                            np.array([p.mean() for p in points]), float(threshold))
+
+
+def _policy_trials(conditions: Sequence[int], timeout: float) -> list[Any]:
+    """RunTrial(policy_kind="policy", no noise) per condition, each sample awaited on mbpl/samples."""
+    import rclpy
+    from mbpl_msgs.msg import TrajectorySample
+    from mbpl_msgs.srv import RunTrial
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from mbpl_ros.conversions import msg_to_sample
+
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("mbpl_eval", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    samples: dict[int, Any] = {}
+    node.create_subscription(TrajectorySample, "mbpl/samples",
+                             lambda msg: samples.setdefault(int(msg.trial_id), msg),
+                             QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    client = node.create_client(RunTrial, "mbpl/run_trial")
+
+    def spin_until(done: Any, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no {what} within {timeout:g} s (see graph.log in the run folder)")
+            executor.spin_once(timeout_sec=0.05)
+        return done()
+
+    try:
+        out = []
+        for trial, condition in enumerate(conditions, start=1):
+            request = RunTrial.Request(condition=condition, trial_id=trial, policy_kind="policy",
+                                       add_noise=False)
+            spin_until(client.service_is_ready, "sampler service")
+            future = client.call_async(request)
+            answer = spin_until(lambda f=future: f.done() and f.result(), f"answer to trial {trial}")
+            if not answer.accepted:
+                raise RuntimeError(f"the sampler refused condition {condition}: {answer.message}")
+            msg = spin_until(lambda t=trial: samples.get(t), f"sample of trial {trial}")
+            if msg.aborted:
+                raise RuntimeError(f"the trial of condition {condition} aborted: {msg.abort_reason}")
+            out.append(msg_to_sample(msg)[0])
+        return out
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="success distance of the tip in m (default: 0.01 peg, 0.02 reach)")
     ev.add_argument("--render", action="store_true", help="write a GIF and PNG strip per rollout")
     ev.add_argument("--require-success", action="store_true", help="exit 1 unless every condition succeeds")
+    ev.add_argument("--graph", action="store_true",
+                    help="run the policy through the sim node and the sampler (ROS 2) instead of in-process")
     return parser
 
 

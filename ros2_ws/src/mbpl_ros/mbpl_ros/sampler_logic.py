@@ -74,6 +74,11 @@ class SamplerParams:
     controller_history: int = param("accepted controllers kept per condition (looked up by id)", 8)
     diagnostics_period: float = param("seconds between /diagnostics messages", 1.0)
     run_dir: str = param("run folder shared by the graph's nodes; empty: runs/<experiment name>", "")
+    policy_checkpoint: str = param(
+        "policy checkpoint (folder or policy.npz) deployed at start as policy 0; empty: wait for mbpl/policy",
+        "")
+    condition_set: str = param('conditions RunTrial indexes: "train" or "held_out" (policy evaluation)',
+                               "train")
 
     def __post_init__(self) -> None:
         if not self.config:
@@ -89,6 +94,9 @@ class SamplerParams:
         for name in ("rate_hz", "hold_kp", "hold_kd"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"sampler: {name} must be >= 0, got {getattr(self, name)}")
+        if self.condition_set not in ("train", "held_out"):
+            raise ConfigError(f"sampler: condition_set must be 'train' or 'held_out', got "
+                              f"{self.condition_set!r}")
         if self.max_queued_trials < 0 or self.controller_history < 1:
             raise ConfigError("sampler: max_queued_trials must be >= 0 and controller_history >= 1, got "
                               f"{self.max_queued_trials}, {self.controller_history}")

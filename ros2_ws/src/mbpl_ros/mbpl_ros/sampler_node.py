@@ -13,6 +13,7 @@ that module). Relative names, so a namespace moves them all:
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from std_msgs.msg import Float64MultiArray
 
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import ShapeError
+from mbpl_core.policy import load_policy_checkpoint
 from mbpl_ros import conversions
 from mbpl_ros.params import declare_parameters
 from mbpl_ros.sampler_logic import (
@@ -67,7 +69,11 @@ class SamplerNode(Node):
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__("sampler", **node_kwargs)
         self.params = declare_parameters(self, SamplerParams)
-        setup = RobotSetup.from_experiment(load_experiment(self.params.config))
+        experiment = load_experiment(self.params.config)
+        setup = RobotSetup.from_experiment(experiment)
+        if self.params.condition_set == "held_out":  # evaluation of a policy on targets never trained on
+            held_out = experiment.conditions("held_out")
+            setup = replace(setup, targets=tuple(experiment.target_points(c) for c in held_out))
         self.joint_order = conversions.JointOrder(setup.joint_names)
         self._command_pub = self.create_publisher(
             Float64MultiArray, f"{self.params.controller}/commands", COMMAND_QOS)
@@ -83,10 +89,22 @@ class SamplerNode(Node):
         self.create_subscription(PolicyParameters, "mbpl/policy", self._on_policy, LATCHED_QOS)
         self.create_service(RunTrial, "mbpl/run_trial", self._on_run_trial)
         self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
+        if self.params.policy_checkpoint:
+            self._deploy_checkpoint(self.params.policy_checkpoint)
         self.sampler.start()
         self.get_logger().info(
             f"{self.params.mode} sampler of {self.params.config} at {1.0 / self.sampler.period_s:g} Hz: "
             f"{setup.num_conditions} conditions, T={setup.T}, dX={setup.dX}, dU={setup.dU}")
+
+    def _deploy_checkpoint(self, path: str) -> None:
+        """Deploy a saved policy (numpy only) as policy 0; ConfigError if it is missing or does not fit."""
+        try:
+            policy, _ = load_policy_checkpoint(path)
+        except (OSError, ValueError) as err:  # ShapeError and ConfigError are ValueErrors
+            raise ConfigError(f"sampler: policy_checkpoint {path!r} cannot be loaded: {err}") from err
+        if not self.sampler.offer_policy(0, policy.params):
+            raise ConfigError(f"sampler: policy_checkpoint {path!r} does not fit this robot: "
+                              f"{self.sampler.counters.last_reject_reason}")
 
     # -- inputs ----------------------------------------------------------------------------------------
     def _on_joint_state(self, msg: JointState) -> None:

@@ -7,7 +7,9 @@ Topics and services (relative names, so a namespace moves them all):
   that led to this state, zeros after a reset),
   ``/clock`` (rosgraph_msgs/Clock, lockstep only) and ``/diagnostics`` (counters);
 * subscribes ``<controller>/commands`` (std_msgs/Float64MultiArray, dU efforts in joint order);
-* serves ``reset_sim`` (mbpl_msgs/ResetSim: condition → success, message).
+* serves ``reset_sim`` (mbpl_msgs/ResetSim: condition → success, message); the condition indexes the
+  experiment's training conditions, or the held-out ones with ``condition_set: held_out`` (policy
+  evaluation through the graph).
 
 Modes:
 
@@ -65,6 +67,8 @@ class SimNodeParams:
     controller: str = param("commands arrive on <controller>/commands", "effort_controller")
     realtime_rate: float = param("realtime mode: env steps per wall-clock second; 0 = 1/dt (real time)", 0.0)
     initial_condition: int = param("condition the simulation is reset to at start-up", 0)
+    condition_set: str = param('conditions reset_sim indexes: "train" or "held_out" (policy evaluation)',
+                               "train")
     publish_clock: bool = param("lockstep mode: publish sim time on /clock", True)
     diagnostics_period: float = param("seconds between diagnostics messages", 1.0)
 
@@ -77,6 +81,9 @@ class SimNodeParams:
             raise ConfigError(f"sim node: invalid controller name {self.controller!r}")
         if not np.isfinite(self.realtime_rate) or self.realtime_rate < 0:
             raise ConfigError(f"sim node: realtime_rate must be >= 0, got {self.realtime_rate}")
+        if self.condition_set not in ("train", "held_out"):
+            raise ConfigError(f"sim node: condition_set must be 'train' or 'held_out', got "
+                              f"{self.condition_set!r}")
         if self.initial_condition < 0:
             raise ConfigError(f"sim node: initial_condition must be >= 0, got {self.initial_condition}")
         if not self.diagnostics_period > 0:
@@ -99,9 +106,9 @@ class SimCounters:
         return [KeyValue(key=k, value=str(v)) for k, v in vars(self).items()]
 
 
-def load_env(config_path: str) -> MujocoEnv:
-    """MujocoEnv of an experiment file (its training conditions)."""
-    return MujocoEnv(load_experiment(config_path))
+def load_env(config_path: str, condition_set: str = "train") -> MujocoEnv:
+    """MujocoEnv of an experiment file on its training (or held-out) conditions."""
+    return MujocoEnv(load_experiment(config_path), condition_set=condition_set)
 
 
 class SimNode(Node):
@@ -110,7 +117,7 @@ class SimNode(Node):
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__("sim", **node_kwargs)
         self.params = declare_parameters(self, SimNodeParams)
-        self.env = load_env(self.params.config)
+        self.env = load_env(self.params.config, self.params.condition_set)
         if self.params.initial_condition >= self.env.num_conditions:
             raise ConfigError(
                 f"sim node: initial_condition {self.params.initial_condition} is out of range: "
