@@ -6,11 +6,14 @@ it over DDS in :mod:`mbpl_ros.trainer_transport`; tests implement it in process)
 1. for every condition m, samples_per_condition trials of the controller ``controller_id(i, m)``;
    each accepted sample is written at once to its own small bag, and the batch is closed into one
    bag per (i, m) when complete (:class:`mbpl_ros.recording.SampleStore`);
-2. ``hooks.before_c_step(i, batches)`` — where GPS mode trains the policy (no-op in LQR-FLM);
+2. ``hooks.before_c_step(i, batches)`` — GPS mode linearises the policy at the samples here;
 3. per condition: fit dynamics, then one KL-constrained LQR step (reference from
-   ``hooks.reference_for``, None in LQR-FLM); the iLQR side publishes ``controller_id(i + 1, m)``;
-4. optionally one noiseless trial per condition of the new controllers (final ee distance);
-5. ``hooks.after_iteration`` may add fields to the history record (GPS: policy evaluation); then the
+   ``hooks.reference_for``, None in LQR-FLM); the iLQR side publishes ``controller_id(i + 1, m)``.
+   A step that fails against a reference (e.g. no η meets the KL bound around the policy
+   linearisation) is taken again as an LQR-FLM step around the condition's own controller;
+4. ``hooks.after_c_step(i, batches, updates)`` — GPS mode's S-step on the new controllers;
+5. optionally one noiseless trial per condition of the new controllers (final ee distance);
+6. ``hooks.after_iteration`` may add fields to the history record (GPS: policy evaluation); then the
    checkpoint ``trainer_state.json`` records the finished iteration (written atomically).
 
 Resuming (:meth:`TrainerLoop.run` on an existing run folder) starts at the first unfinished iteration
@@ -156,7 +159,12 @@ class TrialResult:
 
 @dataclass(frozen=True)
 class ControllerUpdate:
-    """What the LQR step returned for one condition: the new controller's id and the step's figures."""
+    """What the LQR step returned for one condition: the new controller's id and the step's figures.
+
+    controller: the new LG controller itself (K (T, dU, dX), k (T, dU), pol_covar (T, dU, dU)) when the
+    transport has it (the S-step regresses onto it); reference_fallback: the step was retaken as
+    LQR-FLM because the one against the given reference failed.
+    """
 
     controller_id: int
     eta: float
@@ -164,6 +172,12 @@ class ControllerUpdate:
     epsilon: float
     step_mult: float
     expected_cost: float
+    controller: LinearGaussianController | None = None
+    reference_fallback: bool = False
+
+
+class StepFailedError(RuntimeError):
+    """A fitting or LQR service answered success = false (its message says why)."""
 
 
 class Transport(Protocol):
@@ -186,12 +200,19 @@ class Transport(Protocol):
 class Hooks:
     """Extension points for GPS mode; the defaults are LQR-FLM (no policy, no reference)."""
 
+    def on_start(self, state: TrainerState) -> None:
+        """Called once with the loaded checkpoint (session, completed iterations) before any iteration."""
+
     def before_c_step(self, iteration: int, batches: Sequence[SampleBatch]) -> None:
-        """Called with every condition's batch before the LQR steps (MDGPS: S-step, linearisation)."""
+        """Called with every condition's batch before the LQR steps (MDGPS: policy linearisation)."""
 
     def reference_for(self, iteration: int, condition: int) -> LinearGaussianController | None:
         """The KL reference of a condition's LQR step; None keeps it to the current controller (LQR-FLM)."""
         return None
+
+    def after_c_step(self, iteration: int, batches: Sequence[SampleBatch],
+                     updates: Sequence[ControllerUpdate]) -> None:
+        """Called after every condition's LQR step with its result (MDGPS: the S-step)."""
 
     def after_iteration(self, iteration: int, record: dict[str, Any]) -> dict[str, Any]:
         """Extra history fields of a finished iteration (MDGPS: policy evaluation); before the checkpoint."""
@@ -259,6 +280,7 @@ class TrainerLoop:
         self.state = load_state(self.run_dir, settings.num_conditions)
         self.state = replace(self.state, session=self.state.session + 1)
         save_state(self.run_dir, self.state)
+        self.hooks.on_start(self.state)
 
     def run(self) -> TrainerState:
         """Run the remaining iterations; returns the final state (history has one record per iteration)."""
@@ -276,6 +298,7 @@ class TrainerLoop:
         batches = [SampleBatch.concatenate([r.batch for r in rs]) for rs in results]
         self.hooks.before_c_step(i, batches)
         updates = [self._c_step(i, m, results[m], clock) for m in range(self.settings.num_conditions)]
+        self.hooks.after_c_step(i, batches, updates)
         new_ids = tuple(u.controller_id for u in updates)
         evaluation = self._evaluate(i, new_ids, clock) if self.settings.evaluate else None
         record = self._record(i, batches, updates, evaluation, clock, time.perf_counter() - start)
@@ -326,7 +349,18 @@ class TrainerLoop:
         dynamics = self.transport.fit_dynamics(m, i, samples)
         clock.add("fitting", start)
         start = time.perf_counter()
-        update = self.transport.update_controller(m, i, dynamics, samples, self.hooks.reference_for(i, m))
+        reference = self.hooks.reference_for(i, m)
+        try:
+            update = self.transport.update_controller(m, i, dynamics, samples, reference)
+        except StepFailedError as err:
+            if reference is None:
+                raise
+            # The failed step left the iLQR node's state untouched, so the same iteration can be
+            # asked again; MDGPS in one process takes the same way out (mbpl_core.gps.MDGPS._c_step).
+            self.log(f"iteration {i} condition {m}: step against the reference failed ({err}); "
+                     "taking an LQR-FLM step instead")
+            update = replace(self.transport.update_controller(m, i, dynamics, samples, None),
+                             reference_fallback=True)
         clock.add("lqr", start)
         return update
 
@@ -354,6 +388,7 @@ class TrainerLoop:
             "mean_cost": [float(np.mean(sample_costs(self.cost, b))) for b in batches],
             "mean_final_distance": [float(np.mean(final_distances(self.layout, b))) for b in batches],
             "controller_ids": [u.controller_id for u in updates],
+            "reference_fallback": [bool(u.reference_fallback) for u in updates],
             **{key: [float(getattr(u, key)) for u in updates]
                for key in ("eta", "kl", "epsilon", "step_mult", "expected_cost")},
             "seconds": {**clock.seconds, "total": wall_s},
@@ -380,8 +415,14 @@ def run_summary(history: Sequence[dict[str, Any]]) -> str:
     first, last = history[0], history[-1]
     key = "eval_final_distance" if "eval_final_distance" in last else "mean_final_distance"
     dist = ", ".join(f"{100.0 * d:.2f}" for d in last[key])
-    return (f"{len(history)} iterations; mean cost {np.mean(first['mean_cost']):.4g} → "
+    line = (f"{len(history)} iterations; mean cost {np.mean(first['mean_cost']):.4g} → "
             f"{np.mean(last['mean_cost']):.4g}; final ee distance (cm) per condition: [{dist}]")
+    for prefix, name in (("policy", "training"), ("policy_held_out", "held-out")):
+        if f"{prefix}_tip_distance" in last:  # GPS mode (mbpl_ros.gps_hooks)
+            success, tips = last[f"{prefix}_success"], last[f"{prefix}_tip_distance"]
+            line += (f"; policy on {name} conditions: {sum(success)}/{len(success)} succeed, median tip "
+                     f"distance {100.0 * float(np.median(tips)):.2f} cm")
+    return line
 
 
 def write_history(run_dir: str | Path, history: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
@@ -401,11 +442,16 @@ def write_history(run_dir: str | Path, history: Sequence[dict[str, Any]]) -> tup
     for m in range(costs.shape[1] if costs.ndim == 2 else 0):
         ax_cost.plot(iters, costs[:, m], marker="o", label=f"condition {m}")
         ax_dist.plot(iters, dists[:, m] * 100.0, marker="o", label=f"condition {m}")
+    for prefix, name in (("policy", "training"), ("policy_held_out", "held-out")):
+        if history and f"{prefix}_tip_distance" in history[0]:  # GPS mode: the neural policy's tip
+            medians = [100.0 * float(np.median(r[f"{prefix}_tip_distance"])) for r in history]
+            ax_dist.plot(iters, medians, marker="s", linestyle="--", label=f"policy, median {name}")
     ax_cost.set(xlabel="iteration", ylabel="mean sample cost", title="cost")
     title = "noiseless trial" if key.startswith("eval") else "mean over samples"
     ax_dist.set(xlabel="iteration", ylabel="final ee distance (cm)", title=f"final distance ({title})")
     ax_dist.axhline(2.0, color="gray", linestyle="--", linewidth=0.8)
     ax_cost.legend()
+    ax_dist.legend(fontsize=7)
     fig.tight_layout()
     png = run_dir / "history.png"
     fig.savefig(png, dpi=80)

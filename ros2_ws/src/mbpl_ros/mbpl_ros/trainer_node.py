@@ -1,10 +1,14 @@
-"""Trainer node: runs the LQR-FLM iterations of :class:`mbpl_ros.trainer_logic.TrainerLoop` over DDS.
+"""Trainer node: runs the LQR-FLM or MDGPS iterations of :class:`mbpl_ros.trainer_logic.TrainerLoop` over DDS.
 
 Calls ``mbpl/run_trial`` and waits for each sample on ``mbpl/samples``, records every sample to
 rosbag2 (``<run_dir>/bags``), calls ``mbpl/fit_dynamics`` then ``mbpl/update_controller`` per condition
 (:mod:`mbpl_ros.trainer_transport`), checkpoints ``<run_dir>/trainer_state.json`` after every
 iteration. When done it writes ``history.json`` and ``history.png`` and exits 0, which ends the graph.
 A restarted trainer resumes at its last finished iteration and keeps the samples already recorded.
+
+With ``method: mdgps`` in the experiment, :class:`mbpl_ros.gps_hooks.GPSHooks` adds the policy: it
+linearises it as the KL reference of each LQR step, trains it (S-step) on the new controllers, writes
+``<run_dir>/policy`` and publishes it on ``mbpl/policy``, and evaluates it after every iteration.
 
 The loop runs in the main thread; a MultiThreadedExecutor in a background thread serves the clients'
 responses and the sample subscription (a reentrant callback group, so waiting never blocks them).
@@ -22,6 +26,7 @@ from rclpy.node import Node
 
 from mbpl_core.config import ConfigError
 from mbpl_core.costs import build_cost
+from mbpl_ros.gps_hooks import build_gps_hooks
 from mbpl_ros.node_params import TrainerNodeParams, load_settings
 from mbpl_ros.params import declare_parameters
 from mbpl_ros.trainer_logic import Hooks, LoopSettings, TrainerLoop, run_summary, write_history
@@ -29,7 +34,7 @@ from mbpl_ros.trainer_transport import GraphTransport
 
 
 class TrainerNode(Node):
-    """ROS shell over TrainerLoop; ``hooks`` is where GPS mode plugs in its S-step and references."""
+    """ROS shell over TrainerLoop; ``hooks`` replaces the experiment's (GPSHooks for mdgps, else none)."""
 
     def __init__(self, hooks: Hooks | None = None, **node_kwargs: Any) -> None:
         super().__init__("trainer", **node_kwargs)
@@ -45,8 +50,11 @@ class TrainerNode(Node):
         loop_settings = LoopSettings(self.settings.num_conditions, iterations, algo.samples_per_condition,
                                      algo.seed, self.params.max_attempts, self.params.evaluate)
         cost = build_cost(self.settings.cost, experiment.layout, experiment.robot.dQ)
+        log = self.get_logger().info
+        hooks = self.hooks or build_gps_hooks(experiment, self.settings.run_dir, self.transport,
+                                              self.params.max_attempts, log)
         loop = TrainerLoop(self.settings.run_dir, loop_settings, self.transport, cost, experiment.layout,
-                           self.hooks, log=self.get_logger().info)
+                           hooks, log=log)
         state = loop.run()
         json_path, png = write_history(self.settings.run_dir, state.history)
         self.get_logger().info(f"done: {run_summary(state.history)}")

@@ -5,7 +5,12 @@
   ``trial_timeout`` s for the sample with that trial_id on ``mbpl/samples`` (subscribed raw, so the
   CDR bytes that go into the bags are exactly those on the wire);
 * ``fit_dynamics`` / ``update_controller``: asked again after ``service_timeout`` s without an answer
-  (a restarted server may have lost the request); safe because both services are idempotent.
+  (a restarted server may have lost the request); safe because both services are idempotent. An
+  answer with success = false raises :class:`~mbpl_ros.trainer_logic.StepFailedError`;
+* ``publish_policy`` (GPS mode): the trained policy on ``mbpl/policy`` (PolicyParameters; reliable,
+  transient-local depth 10, so a sampler that starts or restarts later still gets the newest);
+* ``controller`` (GPS mode): an LG controller by id as the iLQR node published it on ``mbpl/controllers``
+  (subscribed transient-local, so the initial ones published before the trainer started arrive too).
 
 Every wait checks for SIGINT/SIGTERM and leaves with ExternalShutdownException.
 """
@@ -14,21 +19,30 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from mbpl_msgs.msg import TrajectorySample
+from mbpl_msgs.msg import LinearGaussianController as ControllerMsg
+from mbpl_msgs.msg import PolicyParameters, TrajectorySample
 from mbpl_msgs.srv import FitDynamics, RunTrial, UpdateController
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 
-from mbpl_core.containers import LinearGaussianController
+from mbpl_core.containers import LinearGaussianController, ShapeError
+from mbpl_core.policy import PolicyParams
 from mbpl_ros import conversions
 from mbpl_ros.node_params import TrainerNodeParams
-from mbpl_ros.trainer_logic import ControllerUpdate, TrialRequest, TrialResult
+from mbpl_ros.trainer_logic import ControllerUpdate, StepFailedError, TrialRequest, TrialResult
+
+POLICY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+CONTROLLERS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+KEPT_CONTROLLERS = 256  # newest controller messages kept by id (a few iterations of many conditions)
 
 
 class GraphTransport:
@@ -52,6 +66,10 @@ class GraphTransport:
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(TrajectorySample, "mbpl/samples", self._on_sample, qos, callback_group=group,
                                  raw=True)
+        self._policy_pub = node.create_publisher(PolicyParameters, "mbpl/policy", POLICY_QOS)
+        self._controllers: OrderedDict[int, Any] = OrderedDict()  # controller id → message
+        node.create_subscription(ControllerMsg, "mbpl/controllers", self._on_controller, CONTROLLERS_QOS,
+                                 callback_group=group)
 
     def get_logger(self) -> Any:
         return self.node.get_logger()
@@ -72,6 +90,14 @@ class GraphTransport:
             if trial in self._samples:
                 self._samples[trial] = bytes(raw)
                 self._cv.notify_all()
+
+    def _on_controller(self, msg: ControllerMsg) -> None:
+        with self._cv:
+            self._controllers[int(msg.controller_id)] = msg
+            self._controllers.move_to_end(int(msg.controller_id))
+            while len(self._controllers) > KEPT_CONTROLLERS:
+                self._controllers.popitem(last=False)
+            self._cv.notify_all()
 
     def _call(self, client: Any, request: Any, timeout: float) -> Any:
         """The response, or None after ``timeout`` s (also when the service is not up)."""
@@ -142,7 +168,7 @@ class GraphTransport:
                 self.get_logger().warning(f"{what}: no answer in {timeout:g} s; asking again")
                 continue
             if not response.success:
-                raise RuntimeError(f"{what} failed: {response.message}")
+                raise StepFailedError(f"{what} failed: {response.message}")
             return response
 
     def fit_dynamics(self, condition: int, iteration: int, samples: Sequence[TrialResult]) -> Any:
@@ -159,4 +185,23 @@ class GraphTransport:
             request.reference = conversions.controller_to_msg(reference, condition, 0)
         r = self._ask(self._update, request, f"update_controller({condition}, {iteration})")
         return ControllerUpdate(int(r.controller.controller_id), r.eta, r.kl, r.epsilon, r.step_mult,
-                                r.expected_cost)
+                                r.expected_cost, conversions.msg_to_controller(r.controller))
+
+    def controller(self, controller_id: int, timeout: float) -> LinearGaussianController | None:
+        """The LG controller ``controller_id`` from mbpl/controllers; None if absent after ``timeout`` s."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._stopping or controller_id in self._controllers, timeout)
+            msg = self._controllers.get(controller_id)
+        self._check_running()
+        if msg is None:
+            return None
+        try:
+            return conversions.msg_to_controller(msg)
+        except ShapeError as err:
+            self.get_logger().error(f"controller {controller_id} on mbpl/controllers is malformed: {err}")
+            return None
+
+    def publish_policy(self, params: PolicyParams, policy_id: int) -> None:
+        """Publish a trained policy (weights, normalisation, obs_indices) for the sampler to deploy."""
+        stamp = self.node.get_clock().now().to_msg()
+        self._policy_pub.publish(conversions.policy_params_to_msg(params, policy_id, stamp))

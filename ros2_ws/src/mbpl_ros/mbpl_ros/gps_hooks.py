@@ -1,0 +1,365 @@
+"""MDGPS in the node graph: the trainer's :class:`~mbpl_ros.trainer_logic.Hooks` for GPS mode (no rclpy).
+
+Montgomery & Levine, NIPS 2016 (MDGPS, Alg. 2), split over the trainer's iteration i (the same steps and
+order as :class:`mbpl_core.gps.MDGPS` in one process):
+
+* S-step — θ ← argmin Σ_{m,n,t} (μ_θ(x) − μ_m(x))ᵀ Λ_m (μ_θ(x) − μ_m(x)), μ_m(x) = K_t x + k_t,
+  Λ_m = pol_covar_t⁻¹ (Alg. 2 line 5), at the states X_m (N, T, dX) sampled this iteration (plus
+  ``gps.augment_copies`` perturbed copies). With ``gps.s_step_order: before_c_step`` (default) it runs
+  in ``before_c_step(i, batches)`` on the controllers that were sampled (received on
+  ``mbpl/controllers``: ids ``controller_id(i, m)``); with ``after_c_step`` in
+  ``after_c_step(i, batches, updates)`` on the controllers the LQR steps just returned. The policy is
+  then persisted, written as a checkpoint to ``<run_dir>/policy`` (``mbpl eval --policy``) and published
+  on ``mbpl/policy`` with policy id i + 1 for the sampler;
+* linearisation — π̄_m with K (T, dU, dX), k (T, dU), pol_covar (T, dU, dU) of the newest policy at
+  X_m (``gps.linearization``: the policy's Jacobian, or GPS's regression); ``reference_for(i, m)``
+  gives it to the LQR step as the centre of the trust region KL(p_m ‖ π̄_m) ≤ ε_m (the iLQR node solves
+  it). In the after_c_step order, iteration 0 has no policy yet and takes an LQR-FLM step;
+* ``after_iteration(i, record)``: noiseless trials of the policy through the graph (RunTrial
+  policy_kind "policy") on the training conditions and — because the trainer's sim node and sampler
+  know only the training conditions — noiseless in-process rollouts (MujocoEnv) on the held-out ones;
+  adds ``policy_tip_distance`` / ``policy_success`` (and ``policy_held_out_*``) to the history.
+
+Resuming: every S-step is saved atomically to ``<run_dir>/gps/s_step_<i>.pt`` (policy weights and
+normalisation, torch generator and augmentation rng states, losses). A restarted trainer repeats an
+unfinished iteration with the same samples (from the bags) and the same controllers (the iLQR node is
+idempotent); an S-step already on disk is loaded instead of trained again, so a resumed run ends with
+the policy of an uninterrupted run. The step size follows the iLQR node's per-condition LQR-FLM rule
+(previous/predicted/actual cost of the LG controllers, "classic" per condition); MDGPS's policy-based
+rule (``mbpl_core.gps.mdgps_step_mult``, "global" or "classic") is not applied in the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from mbpl_core.config import ConfigError, from_dict
+from mbpl_core.containers import LinearGaussianController, SampleBatch, StateLayout
+from mbpl_core.gps import (
+    GaussianMLPPolicy,
+    PolicyTargets,
+    build_policy_targets,
+    perturbed_policy_targets,
+    policy_rollouts,
+    policy_to_params,
+    save_policy_checkpoint,
+    train_policy,
+)
+from mbpl_core.lqr_flm import Environment
+from mbpl_core.policy import GPSConfig, NumpyPolicy, PolicyParams, linearize_policy, linearize_policy_jacobian
+from mbpl_ros.trainer_logic import (
+    MAX_SAMPLES,
+    ControllerUpdate,
+    Hooks,
+    TrainerState,
+    TrialFailedError,
+    TrialRequest,
+    TrialResult,
+    controller_id,
+    trial_id,
+)
+from mbpl_sim.experiment import ExperimentConfig
+
+EVAL_INDEX = MAX_SAMPLES - 2  # sample index of policy evaluation trials (LG evaluation uses MAX_SAMPLES - 1)
+STATE_FOLDER = "gps"
+CHECKPOINT_FOLDER = "policy"
+
+
+class PolicyChannel(Protocol):
+    """What the hooks need from the graph (the trainer's GraphTransport; a fake in tests)."""
+
+    def publish_policy(self, params: PolicyParams, policy_id: int) -> None:
+        """Send the policy to the sampler (mbpl/policy), to be run on RunTrial(policy_kind="policy")."""
+
+    def run_trial(self, request: TrialRequest) -> TrialResult | None:
+        """Run one trial and wait for its sample; None if it never came."""
+
+    def controller(self, controller_id: int, timeout: float) -> LinearGaussianController | None:
+        """The LG controller of that id as published on mbpl/controllers; None if not within timeout s."""
+
+
+def policy_id(iteration: int) -> int:
+    """Id of the policy trained by the S-step of ``iteration``: i + 1 (0 means "no policy")."""
+    if iteration < 0:
+        raise ValueError(f"policy_id needs iteration >= 0, got {iteration}")
+    return iteration + 1
+
+
+def tip_distances(layout: StateLayout, batches: Sequence[SampleBatch]) -> list[float]:
+    """Distance of the first ee point (tip) to its target at the last step, one per batch (first sample)."""
+    return [float(np.linalg.norm(b.X[0, -1, layout.ee_points][:3])) for b in batches]
+
+
+@dataclass(frozen=True)
+class SStepRecord:
+    """What one S-step left: iteration, precision-weighted loss before/after, gradient steps, seconds."""
+
+    iteration: int
+    loss_before: float
+    loss_after: float
+    steps: int
+    seconds: float
+
+
+class GPSHooks(Hooks):
+    """MDGPS hooks of the trainer (module docstring). One instance per trainer process.
+
+    run_dir: the graph's run folder; config: the experiment's ``gps:`` section; num_conditions: training
+    conditions; layout: the state layout (dX = layout.dX); dU: action dimension; channel: publishes
+    policies and runs evaluation trials; threshold: success distance of the tip (m); held_out_env:
+    in-process environment of the held-out conditions (None: no held-out evaluation); max_attempts:
+    per evaluation trial. Raises ConfigError for gps.sample_on_policy (the graph samples the LG
+    controllers only).
+    """
+
+    def __init__(self, run_dir: str | Path, config: GPSConfig, num_conditions: int, layout: StateLayout,
+                 dU: int, channel: PolicyChannel, threshold: float, held_out_env: Environment | None = None,
+                 max_attempts: int = 5, log: Callable[[str], Any] = print) -> None:
+        if config.sample_on_policy:
+            raise ConfigError("gps.sample_on_policy is not supported by the node graph (use mbpl train)")
+        if getattr(config, "select_best", False):
+            log("GPS: gps.select_best is not applied in the node graph: the checkpoint is the newest policy")
+        if num_conditions < 1 or max_attempts < 1:
+            raise ValueError(f"need num_conditions >= 1 and max_attempts >= 1, got {num_conditions}, "
+                             f"{max_attempts}")
+        self.run_dir, self.config, self.layout = Path(run_dir), config, layout
+        self.num_conditions = num_conditions
+        self.dX, self.dU = dX, dU = layout.dX, dU
+        self.channel, self.threshold, self.held_out_env = channel, float(threshold), held_out_env
+        self.max_attempts, self.log = max_attempts, log
+        self.session = 0
+        self.policy = GaussianMLPPolicy.from_config(config, dX, dU)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.augment_rng = np.random.default_rng(config.seed)
+        self.controller_timeout = 60.0
+        self.policy_iteration = -1  # the S-step the in-memory policy comes from; -1: untrained
+        self.s_step: SStepRecord | None = None
+        self._references: tuple[int, list[LinearGaussianController]] | None = None
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def state_path(self, iteration: int) -> Path:
+        """``<run_dir>/gps/s_step_<iteration>.pt``: the policy after that iteration's S-step."""
+        return self.run_dir / STATE_FOLDER / f"s_step_{iteration:04d}.pt"
+
+    def _save(self, record: SStepRecord) -> None:
+        """Policy state, generator state and losses of one S-step, written atomically (tmp + rename)."""
+        path = self.state_path(record.iteration)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"policy": {k: v.detach().cpu() for k, v in self.policy.state_dict().items()},
+                "generator": self.generator.get_state(),
+                "augment_rng": json.dumps(self.augment_rng.bit_generator.state),
+                "record": [record.iteration, record.loss_before, record.loss_after, record.steps,
+                           record.seconds]}
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(blob, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_s_step(self, iteration: int) -> None:
+        """Make the in-memory policy the one after S-step ``iteration`` (-1: the untrained one)."""
+        if iteration == self.policy_iteration:
+            return
+        if iteration < 0:
+            self.policy = GaussianMLPPolicy.from_config(self.config, self.dX, self.dU)
+            self.generator = torch.Generator().manual_seed(self.config.seed)
+            self.augment_rng = np.random.default_rng(self.config.seed)
+            self.policy_iteration, self.s_step = -1, None
+            return
+        path = self.state_path(iteration)
+        if not path.is_file():
+            raise RuntimeError(f"the S-step of iteration {iteration} is missing ({path}); the run folder is "
+                               "incomplete")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        self.policy.load_state_dict(blob["policy"])
+        self.generator.set_state(blob["generator"])
+        self.augment_rng.bit_generator.state = json.loads(blob["augment_rng"])
+        i, before, after, steps, seconds = blob["record"]
+        self.s_step = SStepRecord(int(i), float(before), float(after), int(steps), float(seconds))
+        self.policy_iteration = iteration
+
+    def latest_s_step(self) -> int:
+        """The newest iteration whose S-step is on disk, or -1."""
+        folder = self.run_dir / STATE_FOLDER
+        found = [int(p.stem.rsplit("_", 1)[1]) for p in folder.glob("s_step_*.pt")] if folder.is_dir() else []
+        return max(found, default=-1)
+
+    @property
+    def numpy_policy(self) -> NumpyPolicy:
+        """Numpy deployment copy of the in-memory policy (what the sampler runs)."""
+        return NumpyPolicy(policy_to_params(self.policy))
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def on_start(self, state: TrainerState) -> None:
+        """Remember the session (trial ids); after a restart, load and publish the newest policy again."""
+        self.session = state.session
+        latest = min(self.latest_s_step(), state.completed_iterations)
+        if latest >= 0:
+            self.load_s_step(latest)
+            self.log(f"GPS: resumed the policy of iteration {latest}")
+            self.channel.publish_policy(policy_to_params(self.policy), policy_id(latest))
+
+    def before_c_step(self, iteration: int, batches: Sequence[SampleBatch]) -> None:
+        """S-step (before_c_step order), then the newest policy linearised at the samples X (N, T, dX)."""
+        self._references = None
+        if self.config.s_step_order == "before_c_step":
+            self._s_step(iteration, batches, lambda: self._sampled_controllers(iteration))
+        elif iteration == 0:
+            return  # no policy before the first S-step: an LQR-FLM step
+        else:
+            self.load_s_step(iteration - 1)
+        policy = self.numpy_policy
+        if self.config.linearization == "jacobian":
+            refs = [linearize_policy_jacobian(policy, b.X) for b in batches]
+        else:
+            refs = [linearize_policy(policy, b.X, self.config.policy_prior_strength) for b in batches]
+        self._references = (iteration, refs)
+
+    def reference_for(self, iteration: int, condition: int) -> LinearGaussianController | None:
+        """π̄_m of this iteration (None when there is no policy yet: an LQR-FLM step)."""
+        if self._references is None or self._references[0] != iteration:
+            return None
+        return self._references[1][condition]
+
+    def after_c_step(self, iteration: int, batches: Sequence[SampleBatch],
+                     updates: Sequence[ControllerUpdate]) -> None:
+        """S-step onto the controllers the LQR steps returned (after_c_step order only)."""
+        if self.config.s_step_order == "after_c_step":
+            self._s_step(iteration, batches, lambda: [u.controller for u in updates])
+
+    def _sampled_controllers(self, iteration: int) -> list[LinearGaussianController | None]:
+        """The controllers that produced this iteration's samples, as the iLQR node published them."""
+        return [self.channel.controller(controller_id(iteration, m), self.controller_timeout)
+                for m in range(self.num_conditions)]
+
+    def _s_step(self, iteration: int, batches: Sequence[SampleBatch],
+                controllers: Callable[[], list[LinearGaussianController | None]]) -> None:
+        """S-step of ``iteration`` (or its saved result), checkpoint, publish as policy ``iteration + 1``."""
+        if self.state_path(iteration).is_file():
+            self.load_s_step(iteration)
+            self.log(f"GPS: S-step of iteration {iteration} already done; loaded it")
+        else:
+            found = controllers()
+            missing = [m for m, c in enumerate(found) if c is None]
+            if missing:
+                raise RuntimeError(f"GPS: iteration {iteration}: no LG controller of condition(s) {missing} "
+                                   "for the S-step")
+            self._train(iteration, batches, found)  # type: ignore[arg-type]
+        save_policy_checkpoint(self.run_dir / CHECKPOINT_FOLDER, self.policy, self.config)
+        self.channel.publish_policy(policy_to_params(self.policy), policy_id(iteration))
+
+    def _targets(self, controllers: list[LinearGaussianController],
+                 batches: list[SampleBatch]) -> PolicyTargets:
+        """S-step targets at the samples, plus ``augment_copies`` perturbed copies (mbpl_core.gps)."""
+        obs_idx = self.policy.obs_indices.cpu().numpy()
+        targets = build_policy_targets(controllers, batches, obs_idx)
+        if not self.config.augment_copies:
+            return targets
+        extra = perturbed_policy_targets(controllers, batches, obs_idx, self.config.augment_copies,
+                                         self.config.augment_scale, self.augment_rng)
+        return PolicyTargets(*(np.concatenate([getattr(targets, name), getattr(extra, name)])
+                               for name in ("obs", "target_mu", "target_prec")))
+
+    def _train(self, iteration: int, batches: Sequence[SampleBatch],
+               controllers: list[LinearGaussianController]) -> None:
+        """S-step of ``iteration`` from the policy of iteration − 1, saved before it is used.
+
+        As ``mbpl_core.gps.MDGPS.s_step``: with gps.policy_ema = β > 0 and a policy trained before,
+        θ ← β θ_before + (1 − β) θ_trained (after a function-preserving refit of the normalisation, so
+        both share one observation scaling).
+        """
+        self.load_s_step(iteration - 1)
+        start = time.perf_counter()
+        targets = self._targets(controllers, list(batches))
+        ema = float(getattr(self.config, "policy_ema", 0.0))
+        before = None
+        if ema > 0 and bool(self.policy.normalization_fitted):
+            self.policy.fit_normalization(targets.obs, refit=self.config.refit_normalization)
+            before = [p.detach().clone() for p in self.policy.parameters()]
+        report = train_policy(self.policy, targets.obs, targets.target_mu, targets.target_prec, self.config,
+                              self.generator)
+        if before is not None:
+            with torch.no_grad():
+                for old, param in zip(before, self.policy.parameters(), strict=True):
+                    param.mul_(1.0 - ema).add_(old, alpha=ema)
+        record = SStepRecord(iteration, report.loss_before, report.loss_after, report.iterations,
+                             time.perf_counter() - start)
+        self._save(record)
+        self.policy_iteration, self.s_step = iteration, record
+        self.log(f"GPS: S-step of iteration {iteration}: loss {record.loss_before:.4g} → "
+                 f"{record.loss_after:.4g} in {record.seconds:.1f} s")
+
+    def after_iteration(self, iteration: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Policy evaluation: tip distances and success on training (graph) and held-out (in-process) sets."""
+        self.load_s_step(iteration)
+        pid = policy_id(iteration)
+        train = tip_distances(self.layout, [r.batch for r in self.evaluate_in_graph(iteration, pid)])
+        out: dict[str, Any] = {"policy_id": pid, **self._success_fields("policy", train)}
+        if self.s_step is not None:
+            out["s_step"] = {"loss_before": self.s_step.loss_before, "loss_after": self.s_step.loss_after,
+                             "steps": self.s_step.steps, "seconds": self.s_step.seconds}
+        out["reference_used"] = [self.reference_for(iteration, m) is not None
+                                 for m in range(self.num_conditions)]
+        if self.held_out_env is not None and self.held_out_env.num_conditions:
+            conditions = range(self.held_out_env.num_conditions)
+            rollouts = policy_rollouts(self.held_out_env, self.numpy_policy, conditions)
+            held_out = tip_distances(self.layout, rollouts)
+            out.update(self._success_fields("policy_held_out", held_out))
+        return out
+
+    def _success_fields(self, prefix: str, distances: list[float]) -> dict[str, Any]:
+        success = [d < self.threshold for d in distances]
+        return {f"{prefix}_tip_distance": distances, f"{prefix}_success": success,
+                f"{prefix}_success_rate": float(np.mean(success)) if success else 0.0}
+
+    def evaluate_in_graph(self, iteration: int, pid: int) -> list[TrialResult]:
+        """One noiseless policy trial per training condition; re-run until the sampler ran policy ``pid``.
+
+        The sampler swaps a policy in when its message arrives, so a trial asked for right after the
+        publication may still run the previous one: its sample says so (controller_id = policy id).
+        """
+        return [self._policy_trial(iteration, m, pid) for m in range(self.num_conditions)]
+
+    def _policy_trial(self, iteration: int, m: int, pid: int) -> TrialResult:
+        ran = "no sample"
+        for attempt in range(self.max_attempts):
+            tid = trial_id(self.session, iteration, m, EVAL_INDEX, attempt)
+            request = TrialRequest(condition=m, trial_id=tid, controller_id=pid, seed=0, add_noise=False,
+                                   policy_kind="policy")
+            result = self.channel.run_trial(request)
+            if result is not None and not result.meta.aborted and result.meta.controller_id == pid:
+                return result
+            if result is not None:
+                ran = (f"aborted: {result.meta.abort_reason}" if result.meta.aborted
+                       else f"ran policy {result.meta.controller_id}")
+            time.sleep(min(2.0, 0.1 * 2**attempt))  # give the policy message time to arrive
+        raise TrialFailedError(f"iteration {iteration}: policy trial of condition {m} failed "
+                               f"({ran}, expected policy {pid})")
+
+
+def build_gps_hooks(experiment: ExperimentConfig, run_dir: str | Path, channel: PolicyChannel,
+                    max_attempts: int = 5, log: Callable[[str], Any] = print) -> GPSHooks | None:
+    """GPSHooks for an experiment with ``method: mdgps`` (None for lqr_flm); ConfigError on a bad ``gps:``.
+
+    The held-out conditions, if the experiment has any, are evaluated in-process (MujocoEnv).
+    """
+    if experiment.method != "mdgps":
+        return None
+    from mbpl_sim.env import MujocoEnv
+    from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD
+
+    config = from_dict(GPSConfig, dict(experiment.gps or {}), "gps")
+    held_out = MujocoEnv(experiment, condition_set="held_out") if experiment.conditions("held_out") else None
+    threshold = DEFAULT_SUCCESS_THRESHOLD.get(experiment.task.scene, 0.02)
+    return GPSHooks(run_dir, config, len(experiment.conditions("train")), experiment.layout,
+                    experiment.robot.dQ, channel, threshold, held_out, max_attempts, log)
