@@ -327,7 +327,8 @@ def test_trial_noise_is_the_seeded_generator_noise() -> None:
     "overrides, message",
     [({"config": ""}, "'config'"), ({"mode": "fast"}, "mode must be one of"),
      ({"state_timeout": 0.0}, "state_timeout"), ({"rate_hz": -1.0}, "rate_hz"),
-     ({"controller": "a b"}, "controller name"), ({"controller_history": 0}, "controller_history")],
+     ({"controller": "a b"}, "controller name"), ({"controller_history": 0}, "controller_history"),
+     ({"gil_switch_interval": 0.0}, "gil_switch_interval"), ({"condition_set": "test"}, "condition_set")],
 )
 def test_sampler_params_validation(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

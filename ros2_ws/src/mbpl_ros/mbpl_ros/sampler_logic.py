@@ -79,6 +79,9 @@ class SamplerParams:
         "")
     condition_set: str = param('conditions RunTrial indexes: "train" or "held_out" (policy evaluation)',
                                "train")
+    gil_switch_interval: float = param(
+        "realtime mode: seconds another thread may keep Python's GIL once the control thread wants it "
+        "(sys.setswitchinterval; Python's 0.005 delays control ticks by up to 5 ms)", 1.0e-4)
 
     def __post_init__(self) -> None:
         if not self.config:
@@ -91,6 +94,9 @@ class SamplerParams:
         for name in positive:
             if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ConfigError(f"sampler: {name} must be a positive number, got {getattr(self, name)}")
+        if not 0 < self.gil_switch_interval <= 0.1:
+            raise ConfigError("sampler: gil_switch_interval must be in (0, 0.1] s, got "
+                              f"{self.gil_switch_interval}")
         for name in ("rate_hz", "hold_kp", "hold_kd"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"sampler: {name} must be >= 0, got {getattr(self, name)}")

@@ -12,6 +12,7 @@ that module). Relative names, so a namespace moves them all:
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import replace
 from typing import Any
@@ -69,6 +70,10 @@ class SamplerNode(Node):
     def __init__(self, **node_kwargs: Any) -> None:
         super().__init__("sampler", **node_kwargs)
         self.params = declare_parameters(self, SamplerParams)
+        if self.params.mode == "realtime":
+            # The control thread wakes from its sleep needing the GIL; with Python's default 5 ms
+            # switch interval an executor callback in flight delays the tick by up to that much.
+            sys.setswitchinterval(self.params.gil_switch_interval)
         experiment = load_experiment(self.params.config)
         setup = RobotSetup.from_experiment(experiment)
         if self.params.condition_set == "held_out":  # evaluation of a policy on targets never trained on
