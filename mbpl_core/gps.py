@@ -45,14 +45,13 @@ from mbpl_core.lqr_flm import LQRFLM, AlgorithmConfig, Environment, Policy
 from mbpl_core.noise import generate_noise
 from mbpl_core.policy import (
     MIN_OBS_STD,
-    NPZ_NAME,
     GPSConfig,
     NumpyPolicy,
     PolicyParams,
     linearize_policy,
     linearize_policy_jacobian,
     load_policy_checkpoint,
-    params_to_arrays,
+    save_numpy_policy,
 )
 from mbpl_core.traj_opt import (
     ConditionOptimizer,
@@ -438,7 +437,7 @@ def save_policy_checkpoint(path: str | Path, policy: GaussianMLPPolicy, config: 
     (numpy params + config, loadable by :func:`load_policy_checkpoint` without torch). Returns path."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    np.savez(path / NPZ_NAME, **params_to_arrays(policy_to_params(policy), config))
+    save_numpy_policy(path, policy_to_params(policy), config)
     state = {k: v.detach().cpu() for k, v in policy.state_dict().items()}
     meta = {"dU": policy.dU, "state_dim": policy.state_dim, "activation": policy.activation,
             "hidden_sizes": [layer.out_features for layer in policy.layers[:-1]]}
@@ -511,11 +510,12 @@ class CStepRecord:
     """One condition's C-step, kept for the next iteration's step rule.
 
     reference: the trust-region centre (policy linearisation π̄, or the LG controller itself in an
-    LQR-FLM step); controller: the C-step's new LG controller; dynamics, quad: the model it was solved on;
-    sample_cost: mean Σ_t c of the samples that model was fitted on.
+    LQR-FLM step; None where it was not kept: only the "laplace" estimate needs it); controller: the
+    C-step's new LG controller; dynamics, quad: the model it was solved on; sample_cost: mean Σ_t c of
+    the samples that model was fitted on.
     """
 
-    reference: LinearGaussianController
+    reference: LinearGaussianController | None
     controller: LinearGaussianController
     dynamics: LinearDynamics
     quad: QuadraticCost
@@ -538,6 +538,8 @@ def mdgps_step_costs(record: CStepRecord, reference: LinearGaussianController, d
         if estimate == "mc":
             values = (record.sample_cost, predicted, sample_cost)
         else:
+            if record.reference is None:
+                raise ValueError("the laplace step estimate needs the last C-step's reference")
             values = (total_expected_cost(record.reference, record.dynamics, record.quad), predicted,
                       total_expected_cost(reference, dynamics, quad))
     return tuple(float(v) if np.isfinite(v) else np.inf for v in values)  # type: ignore[return-value]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -497,6 +498,19 @@ def params_from_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[PolicyParams, 
     except KeyError as err:
         raise ShapeError(f"policy checkpoint is missing entry {err}") from err
     return params, config
+
+
+def save_numpy_policy(folder: str | Path, params: PolicyParams, config: GPSConfig) -> Path:
+    """Write ``<folder>/policy.npz`` (what the sampler and ``mbpl eval`` deploy); returns its path.
+
+    Written to a temporary file first and renamed, so a reader never sees half a checkpoint.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, tmp = folder / NPZ_NAME, folder / f".{NPZ_NAME}.tmp.npz"
+    np.savez(tmp, **params_to_arrays(params, config))
+    os.replace(tmp, path)
+    return path
 
 
 def load_policy_checkpoint(path: str | Path) -> tuple[NumpyPolicy, GPSConfig]:

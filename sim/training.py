@@ -147,14 +147,13 @@ def _write_outputs(algorithm: Any, experiment: ExperimentConfig, history: Traini
         plot_history(history, run_dir / "learning_curve.png", f"{experiment.name} ({experiment.method})")
     if experiment.method == "mdgps":
         from mbpl_core.gps import save_policy_checkpoint
-        from mbpl_core.policy import NPZ_NAME, params_to_arrays
+        from mbpl_core.policy import save_numpy_policy
 
         path = save_policy_checkpoint(run_dir / "policy", algorithm.policy, algorithm.gps_config)
         if algorithm.best is not None:
             # gps.select_best: policy.npz (what the sampler and `mbpl eval` load) holds the selected
             # snapshot; policy.pt keeps the latest network for further training.
-            deployed = algorithm.deployed_policy.params
-            np.savez(path / NPZ_NAME, **params_to_arrays(deployed, algorithm.gps_config))
+            save_numpy_policy(path, algorithm.deployed_policy.params, algorithm.gps_config)
             log(f"[mbpl] deployed policy: S-step snapshot of iteration {algorithm.best[1]} (gps.select_best)")
         log(f"[mbpl] policy checkpoint {path} (run it with: mbpl eval {experiment.source} --policy {path})")
     log(f"[mbpl] wrote {run_dir}/history.json, learning_curve.png, algorithm_state.pkl")

@@ -121,6 +121,27 @@ def test_fit_and_lqr_step_over_dds_match_the_core_and_survive_a_restart(
     repeat = _call(rclpy_node, wait_for, lqr_client, lqr_req)
     assert repeat.success and repeat.eta == step.eta and "stored" in repeat.message
 
+    # MDGPS: the trainer decides the step multiplier; the node takes the step with it (no own rule)
+    init0 = initial_controller(settings.algorithm.init, env.layout, env.dU, env.T, env.dt, env.x0(0))
+    batch0, msgs0 = _samples(env, init0, 0, 3)
+    dyn0 = DynamicsFitter(settings.algorithm.dynamics).update(batch0)
+    dyn0_msg = conversions.dynamics_to_msg(dyn0, 0, 0)
+    given = UpdateController.Request(condition=0, iteration=0, dynamics=dyn0_msg, samples=msgs0,
+                                     step_mult=-1.0)
+    refused = _call(rclpy_node, wait_for, lqr_client, given)
+    assert not refused.success and "step_mult" in refused.message
+    given.step_mult = 0.4
+    scaled = _call(rclpy_node, wait_for, lqr_client, given)
+    assert scaled.success, scaled.message
+    optimizer = ConditionOptimizer(init0, settings.algorithm.kl)
+    optimizer.step_mult = 0.4
+    _, quad0 = quadratic_cost_model(build_cost(settings.cost, env.layout, env.dU), batch0)
+    new0, info0 = optimizer.update(dyn0, quad0, adapt_step=False)
+    assert scaled.step_mult == pytest.approx(0.4) and scaled.epsilon == pytest.approx(info0.epsilon)
+    assert scaled.epsilon == pytest.approx(settings.algorithm.kl.kl_step * 0.4 * env.T)
+    np.testing.assert_allclose(conversions.msg_to_controller(scaled.controller).K, new0.K, rtol=1e-6,
+                               atol=1e-8)
+
 
 def test_bad_requests_are_refused_with_a_reason(
     ros_processes, rclpy_node, wait_for, experiment: Path, tmp_path: Path

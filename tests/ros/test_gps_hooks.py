@@ -73,6 +73,7 @@ class InProcessGraph:
         self.policy: tuple[int, NumpyPolicy] | None = None
         self.published: list[int] = []
         self.references: list[tuple[int, int, LinearGaussianController | None]] = []
+        self.steps: list[tuple[int, int, LinearDynamics, float | None]] = []
         self.policy_trials: list[TrialRequest] = []
         self.crash_in_policy_trial = False
 
@@ -109,12 +110,16 @@ class InProcessGraph:
     def fit_dynamics(self, condition: int, iteration: int, samples: list[TrialResult]) -> LinearDynamics:
         return fit(self.fitting[condition], iteration, _batch(samples))[0]
 
+    def decode_dynamics(self, dynamics: LinearDynamics) -> LinearDynamics:
+        return dynamics
+
     def update_controller(self, condition: int, iteration: int, dynamics: LinearDynamics,
                           samples: list[TrialResult], reference: LinearGaussianController | None,
-                          ) -> ControllerUpdate:
+                          step_mult: float | None = None) -> ControllerUpdate:
         self.references.append((iteration, condition, reference))
+        self.steps.append((iteration, condition, dynamics, step_mult))
         (controller, info), _ = lqr_step(self.lqr[condition], iteration, dynamics, _batch(samples), self.cost,
-                                         reference)
+                                         reference, step_mult)
         cid = controller_id(iteration + 1, condition)
         self.controllers[cid] = controller
         return ControllerUpdate(cid, info.eta, info.kl, info.epsilon, info.step_mult, info.expected_cost,
@@ -135,7 +140,7 @@ def _run(run_dir: Path, env: MujocoEnv, graph: InProcessGraph, iterations: int =
     sink = log if log is not None else []
     # the training set doubles as the "held-out" one: in-process and graph evaluation must then agree
     hooks = GPSHooks(run_dir, config, env.num_conditions, env.layout, env.dU, graph, threshold=0.02,
-                     held_out_env=env, max_attempts=2, log=sink.append)
+                     held_out_env=env, max_attempts=2, log=sink.append, cost=graph.cost, kl=ALGO.kl)
     settings = LoopSettings(env.num_conditions, iterations, ALGO.samples_per_condition, seed=3)
     loop = TrainerLoop(run_dir, settings, graph, graph.cost, env.layout, hooks, log=sink.append)
     loop.run()
@@ -213,7 +218,8 @@ def test_a_run_killed_after_an_s_step_resumes_to_the_same_policy(tmp_path: Path,
     graph.crash_in_policy_trial = True  # dies after S-step 0 is saved, before iteration 0 is checkpointed
     with pytest.raises(CrashError):
         _run(run_dir, env, graph, config=config)
-    hooks = GPSHooks(run_dir, config, env.num_conditions, env.layout, env.dU, graph, 0.02)
+    hooks = GPSHooks(run_dir, config, env.num_conditions, env.layout, env.dU, graph, 0.02, cost=graph.cost,
+                     kl=ALGO.kl)
     assert hooks.latest_s_step() == 0
     log: list[str] = []
     resumed = InProcessGraph(env, run_dir)
@@ -230,10 +236,10 @@ def test_a_failed_step_against_the_reference_is_retaken_as_lqr_flm(tmp_path: Pat
 
     def refuse_references(condition: int, iteration: int, dynamics: LinearDynamics,
                           samples: list[TrialResult], reference: LinearGaussianController | None,
-                          ) -> ControllerUpdate:
+                          step_mult: float | None = None) -> ControllerUpdate:
         if reference is not None and condition == 0:
             raise StepFailedError("update_controller(0, 1) failed: no eta meets the KL bound")
-        return original(condition, iteration, dynamics, samples, reference)
+        return original(condition, iteration, dynamics, samples, reference, step_mult)
 
     graph.update_controller = refuse_references  # type: ignore[method-assign]
     loop, _ = _run(tmp_path, env, graph)
@@ -244,7 +250,7 @@ def test_a_failed_step_against_the_reference_is_retaken_as_lqr_flm(tmp_path: Pat
 def test_policy_trials_wait_for_the_published_policy(tmp_path: Path, env: MujocoEnv) -> None:
     graph = InProcessGraph(env, tmp_path)
     hooks = GPSHooks(tmp_path, GPS, env.num_conditions, env.layout, env.dU, graph, 0.02, max_attempts=3,
-                     log=lambda _: None)
+                     log=lambda _: None, cost=graph.cost, kl=ALGO.kl)
     graph.publish_policy(policy_to_params(hooks.policy), 1)
     stale = iter([True, True])
 
@@ -268,12 +274,86 @@ def test_policy_trials_wait_for_the_published_policy(tmp_path: Path, env: Mujoco
 def test_configuration(tmp_path: Path, experiment_file: Path, env: MujocoEnv) -> None:
     experiment = load_experiment(experiment_file)
     graph = InProcessGraph(env, tmp_path)
-    assert build_gps_hooks(experiment, tmp_path, graph) is None  # lqr_flm: no hooks
-    hooks = build_gps_hooks(replace(experiment, method="mdgps", gps={"hidden_sizes": [8]}), tmp_path, graph)
+    def build(exp):  # noqa: ANN001, ANN202
+        return build_gps_hooks(exp, tmp_path, graph, graph.cost, ALGO.kl)
+
+    assert build(experiment) is None  # lqr_flm: no hooks
+    hooks = build(replace(experiment, method="mdgps", gps={"hidden_sizes": [8]}))
     assert isinstance(hooks, GPSHooks) and hooks.held_out_env is None and hooks.num_conditions == 2
     with pytest.raises(ConfigError, match="sample_on_policy"):
-        build_gps_hooks(replace(experiment, method="mdgps", gps={"sample_on_policy": True}), tmp_path, graph)
+        build(replace(experiment, method="mdgps", gps={"sample_on_policy": True}))
     with pytest.raises(ConfigError, match="gps"):
-        build_gps_hooks(replace(experiment, method="mdgps", gps={"hidden_size": [8]}), tmp_path, graph)
+        build(replace(experiment, method="mdgps", gps={"hidden_size": [8]}))
     with pytest.raises(ValueError):
         policy_id(-1)
+
+
+def _iteration_batches(loop: TrainerLoop, graph: InProcessGraph, i: int) -> list[SampleBatch]:
+    return [_batch([graph.decode(raw) for raw in loop.store.samples(i, m).values()])
+            for m in range(graph.env.num_conditions)]
+
+
+def test_the_step_multipliers_follow_the_mdgps_rule(tmp_path: Path, env: MujocoEnv) -> None:
+    """Oracle: GPS's rule written out on the run's own data (global rule, sampled-cost estimate)."""
+    from mbpl_core.costs import quadratic_cost_model
+    from mbpl_core.traj_opt import total_expected_cost
+
+    config = replace(GPS, s_step_order="before_c_step", step_rule="global", step_estimate="mc")
+    graph = InProcessGraph(env, tmp_path)
+    loop, _ = _run(tmp_path, env, graph, iterations=3, config=config)
+    M, kl, history = env.num_conditions, ALGO.kl, loop.state.history
+    sent = {(i, m): (dyn, s) for i, m, dyn, s in graph.steps}
+    assert [sent[(0, m)][1] for m in range(M)] == [1.0] * M  # nothing to compare with yet
+    for i in (1, 2):
+        old, new = _iteration_batches(loop, graph, i - 1), _iteration_batches(loop, graph, i)
+        previous, predicted, actual = [], [], []
+        for m in range(M):
+            costs_old, quad_old = quadratic_cost_model(graph.cost, old[m])
+            previous.append(np.mean(costs_old.sum(axis=1)))
+            controller = graph.controllers[controller_id(i, m)]  # what the C-step of i - 1 produced
+            predicted.append(total_expected_cost(controller, sent[(i - 1, m)][0], quad_old))
+            actual.append(np.mean(quadratic_cost_model(graph.cost, new[m])[0].sum(axis=1)))
+        prev, pred, act = np.mean(previous), np.mean(predicted), np.mean(actual)
+        mult = np.clip((prev - pred) / (2.0 * max(1e-4, (prev - pred) - (prev - act))), 0.1, 5.0)
+        for m in range(M):
+            want = np.clip(history[i - 1]["step_mult"][m] * mult, kl.min_step_mult, kl.max_step_mult)
+            assert sent[(i, m)][1] == pytest.approx(want, rel=1e-12)
+            # the iLQR side took the step with it: epsilon = kl_step * step_mult * T
+            assert history[i]["step_mult"][m] == pytest.approx(want, rel=1e-12)
+            assert history[i]["epsilon"][m] == pytest.approx(kl.kl_step * want * env.T, rel=1e-12)
+
+
+def test_select_best_deploys_the_snapshot_of_lowest_training_cost(tmp_path: Path, env: MujocoEnv) -> None:
+    from mbpl_core.costs import quadratic_cost_model
+    from mbpl_core.policy import load_policy_checkpoint
+
+    graph = InProcessGraph(env, tmp_path)
+    loop, hooks = _run(tmp_path, env, graph, iterations=3, config=replace(GPS, select_best=True))
+    history = loop.state.history
+    snapshots = []
+    for i, record in enumerate(history):  # the training cost: noiseless rollouts of S-step i's policy
+        hooks.load_s_step(i)
+        snapshots.append(policy_to_params(hooks.policy))
+        rollouts = [env.sample(NumpyPolicy(snapshots[i]), m, None) for m in range(env.num_conditions)]
+        want = [float(quadratic_cost_model(graph.cost, b)[0].sum()) for b in rollouts]
+        np.testing.assert_allclose(record["policy_train_cost"], want, rtol=1e-12)
+    scores = [np.mean(r["policy_train_cost"]) for r in history]
+    for i in range(len(history)):
+        assert history[i]["deployed_policy_iteration"] == int(np.argmin(scores[: i + 1]))
+    best = int(np.argmin(scores))
+    saved, _ = load_policy_checkpoint(tmp_path / "policy")
+    _params_equal(saved.params, snapshots[best])
+    # the training set doubles as the held-out one here: the deployed figures are those of its iteration
+    np.testing.assert_allclose(history[-1]["deployed_policy_held_out_tip_distance"],
+                               history[best]["policy_held_out_tip_distance"], atol=1e-12)
+    # a later, worse S-step (its checkpoint written as the newest) leaves the best one deployed
+    from mbpl_core.policy import save_numpy_policy
+
+    worst = int(np.argmax(scores))
+    save_numpy_policy(tmp_path / "policy", snapshots[worst], hooks.config)
+    fields = hooks.deploy(len(history), max(scores) + 1.0, {})
+    saved, _ = load_policy_checkpoint(tmp_path / "policy")
+    _params_equal(saved.params, snapshots[best])
+    assert fields["deployed_policy_iteration"] == best
+    np.testing.assert_allclose(fields["deployed_policy_held_out_tip_distance"],
+                               history[best]["policy_held_out_tip_distance"], atol=1e-12)

@@ -101,12 +101,15 @@ class InProcessTransport:
         self._count("fit")
         return fit(self.fitting[condition], iteration, _batch(samples))[0]
 
+    def decode_dynamics(self, dynamics: LinearDynamics) -> LinearDynamics:
+        return dynamics
+
     def update_controller(self, condition: int, iteration: int, dynamics: LinearDynamics,
                           samples: list[TrialResult], reference: LinearGaussianController | None,
-                          ) -> ControllerUpdate:
+                          step_mult: float | None = None) -> ControllerUpdate:
         self._count("lqr")
         (controller, info), _ = lqr_step(self.lqr[condition], iteration, dynamics, _batch(samples), self.cost,
-                                         reference)
+                                         reference, step_mult)
         cid = controller_id(iteration + 1, condition)
         self.controllers[cid] = controller
         return ControllerUpdate(cid, info.eta, info.kl, info.epsilon, info.step_mult, info.expected_cost)

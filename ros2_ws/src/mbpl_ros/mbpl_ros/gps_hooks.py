@@ -24,15 +24,24 @@ Resuming: every S-step is saved atomically to ``<run_dir>/gps/s_step_<i>.pt`` (p
 normalisation, torch generator and augmentation rng states, losses). A restarted trainer repeats an
 unfinished iteration with the same samples (from the bags) and the same controllers (the iLQR node is
 idempotent); an S-step already on disk is loaded instead of trained again, so a resumed run ends with
-the policy of an uninterrupted run. The step size follows the iLQR node's per-condition LQR-FLM rule
-(previous/predicted/actual cost of the LG controllers, "classic" per condition); MDGPS's policy-based
-rule (``mbpl_core.gps.mdgps_step_mult``, "global" or "classic") is not applied in the graph.
+the policy of an uninterrupted run.
+
+Step size — MDGPS's rule, as in one process (``mbpl_core.gps.MDGPS._adapt_step``): ``step_mults``
+compares the last C-step's record (its centre, new controller, model and sampled cost; saved to
+``<run_dir>/gps/c_step_<i>.pkl``) with today's samples and reference (``gps.step_estimate``), averages
+over conditions with ``gps.step_rule: global``, and sends each condition's step multiplier with the LQR
+request, so the iLQR node does not apply its own LQR-FLM rule.
+
+Deployment — with ``gps.select_best`` the checkpoint's ``policy.npz`` is the S-step snapshot of lowest
+mean noiseless cost in the graph's policy trials on the training conditions (``policy.pt`` stays the
+newest network); its held-out figures are recorded as ``deployed_held_out_*``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,11 +52,15 @@ import numpy as np
 import torch
 
 from mbpl_core.config import ConfigError, from_dict
-from mbpl_core.containers import LinearGaussianController, SampleBatch, StateLayout
+from mbpl_core.containers import LinearDynamics, LinearGaussianController, SampleBatch, StateLayout
+from mbpl_core.costs import Cost, quadratic_cost_model
 from mbpl_core.gps import (
+    CStepRecord,
     GaussianMLPPolicy,
     PolicyTargets,
     build_policy_targets,
+    mdgps_step_costs,
+    mdgps_step_mult,
     perturbed_policy_targets,
     policy_rollouts,
     policy_to_params,
@@ -55,7 +68,15 @@ from mbpl_core.gps import (
     train_policy,
 )
 from mbpl_core.lqr_flm import Environment
-from mbpl_core.policy import GPSConfig, NumpyPolicy, PolicyParams, linearize_policy, linearize_policy_jacobian
+from mbpl_core.policy import (
+    GPSConfig,
+    NumpyPolicy,
+    PolicyParams,
+    linearize_policy,
+    linearize_policy_jacobian,
+    save_numpy_policy,
+)
+from mbpl_core.traj_opt import KLStepConfig
 from mbpl_ros.trainer_logic import (
     MAX_SAMPLES,
     ControllerUpdate,
@@ -117,17 +138,17 @@ class GPSHooks(Hooks):
     conditions; layout: the state layout (dX = layout.dX); dU: action dimension; channel: publishes
     policies and runs evaluation trials; threshold: success distance of the tip (m); held_out_env:
     in-process environment of the held-out conditions (None: no held-out evaluation); max_attempts:
-    per evaluation trial. Raises ConfigError for gps.sample_on_policy (the graph samples the LG
-    controllers only).
+    per evaluation trial; cost: the experiment's cost (step rule, select_best); kl: ``algorithm.kl``
+    (the step multiplier's bounds). Raises ConfigError for gps.sample_on_policy (the graph samples the
+    LG controllers only).
     """
 
     def __init__(self, run_dir: str | Path, config: GPSConfig, num_conditions: int, layout: StateLayout,
                  dU: int, channel: PolicyChannel, threshold: float, held_out_env: Environment | None = None,
-                 max_attempts: int = 5, log: Callable[[str], Any] = print) -> None:
+                 max_attempts: int = 5, log: Callable[[str], Any] = print, *, cost: Cost,
+                 kl: KLStepConfig) -> None:
         if config.sample_on_policy:
             raise ConfigError("gps.sample_on_policy is not supported by the node graph (use mbpl train)")
-        if getattr(config, "select_best", False):
-            log("GPS: gps.select_best is not applied in the node graph: the checkpoint is the newest policy")
         if num_conditions < 1 or max_attempts < 1:
             raise ValueError(f"need num_conditions >= 1 and max_attempts >= 1, got {num_conditions}, "
                              f"{max_attempts}")
@@ -136,7 +157,11 @@ class GPSHooks(Hooks):
         self.dX, self.dU = dX, dU = layout.dX, dU
         self.channel, self.threshold, self.held_out_env = channel, float(threshold), held_out_env
         self.max_attempts, self.log = max_attempts, log
+        self.cost, self.kl = cost, kl
         self.session = 0
+        # (iteration, dynamics, quadratic cost models, mean sampled costs) of this iteration's C-step
+        self._models: tuple[int, list[LinearDynamics], list[Any], list[float]] | None = None
+        self.best: tuple[float, int] | None = None  # gps.select_best: (mean training cost, iteration)
         self.policy = GaussianMLPPolicy.from_config(config, dX, dU)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.augment_rng = np.random.default_rng(config.seed)
@@ -149,6 +174,35 @@ class GPSHooks(Hooks):
     def state_path(self, iteration: int) -> Path:
         """``<run_dir>/gps/s_step_<iteration>.pt``: the policy after that iteration's S-step."""
         return self.run_dir / STATE_FOLDER / f"s_step_{iteration:04d}.pt"
+
+    def c_step_path(self, iteration: int) -> Path:
+        """``<run_dir>/gps/c_step_<iteration>.pkl``: that iteration's C-step records and step multipliers."""
+        return self.run_dir / STATE_FOLDER / f"c_step_{iteration:04d}.pkl"
+
+    def _save_c_step(self, iteration: int, records: list[CStepRecord], step_mults: list[float]) -> None:
+        path = self.c_step_path(iteration)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump({"records": records, "step_mults": step_mults}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _load_c_step(self, iteration: int) -> dict[str, Any] | None:
+        """The C-step of ``iteration`` as saved by after_c_step; None before the first or if absent."""
+        path = self.c_step_path(iteration)
+        if iteration < 0 or not path.is_file():
+            return None
+        with open(path, "rb") as f:
+            return pickle.load(f)  # noqa: S301 - the run folder's own file
+
+    def _snapshot(self, iteration: int) -> PolicyParams:
+        """The policy of S-step ``iteration`` (from its saved state), leaving the in-memory one alone."""
+        policy = GaussianMLPPolicy.from_config(self.config, self.dX, self.dU)
+        blob = torch.load(self.state_path(iteration), map_location="cpu", weights_only=True)
+        policy.load_state_dict(blob["policy"])
+        return policy_to_params(policy)
 
     def _save(self, record: SStepRecord) -> None:
         """Policy state, generator state and losses of one S-step, written atomically (tmp + rename)."""
@@ -203,6 +257,9 @@ class GPSHooks(Hooks):
     def on_start(self, state: TrainerState) -> None:
         """Remember the session (trial ids); after a restart, load and publish the newest policy again."""
         self.session = state.session
+        scored = [(float(np.mean(r["policy_train_cost"])), i) for i, r in enumerate(state.history)
+                  if "policy_train_cost" in r]
+        self.best = min(scored) if self.config.select_best and scored else None
         latest = min(self.latest_s_step(), state.completed_iterations)
         if latest >= 0:
             self.load_s_step(latest)
@@ -231,11 +288,65 @@ class GPSHooks(Hooks):
             return None
         return self._references[1][condition]
 
+    def step_mults(self, iteration: int, batches: Sequence[SampleBatch],
+                   dynamics: Callable[[], Sequence[LinearDynamics]]) -> list[float | None]:
+        """MDGPS's step rule (module docstring): per condition the step multiplier of this C-step.
+
+        The last C-step's multipliers, adapted from (previous, predicted, actual) costs
+        (``mbpl_core.gps.mdgps_step_costs``, averaged over conditions with step_rule "global") once the
+        last C-step is on record and every condition has a policy reference; unchanged otherwise.
+        """
+        dyns = list(dynamics())
+        quads, sample_costs = [], []
+        for batch in batches:
+            costs, quad = quadratic_cost_model(self.cost, batch)
+            quads.append(quad)
+            sample_costs.append(float(np.mean(np.sum(costs, axis=1))))
+        self._models = (iteration, dyns, quads, sample_costs)
+        last = self._load_c_step(iteration - 1)
+        initial = min(max(1.0, self.kl.min_step_mult), self.kl.max_step_mult)  # as ConditionOptimizer
+        mults = [initial] * self.num_conditions if last is None else list(last["step_mults"])
+        refs = [self.reference_for(iteration, m) for m in range(self.num_conditions)]
+        if last is None or any(r is None for r in refs):
+            return list(mults)
+        rows = zip(last["records"], refs, dyns, quads, sample_costs, strict=True)
+        costs = np.array([mdgps_step_costs(rec, ref, dyn, quad, cost, self.config.step_estimate)
+                          for rec, ref, dyn, quad, cost in rows])
+        if self.config.step_rule == "global":
+            costs = np.broadcast_to(costs.mean(axis=0), costs.shape)
+        return [mdgps_step_mult(s, *c, self.kl.min_step_mult, self.kl.max_step_mult)
+                for s, c in zip(mults, costs, strict=True)]
+
     def after_c_step(self, iteration: int, batches: Sequence[SampleBatch],
                      updates: Sequence[ControllerUpdate]) -> None:
-        """S-step onto the controllers the LQR steps returned (after_c_step order only)."""
+        """Record the C-step for the next step rule; S-step onto the new controllers (after_c_step order)."""
+        if self._models is not None and self._models[0] == iteration:
+            self._record_c_step(iteration, updates)
         if self.config.s_step_order == "after_c_step":
             self._s_step(iteration, batches, lambda: [u.controller for u in updates])
+
+    def _record_c_step(self, iteration: int, updates: Sequence[ControllerUpdate]) -> None:
+        """Save this C-step's records (CStepRecord per condition) and step multipliers for the next rule.
+
+        The centre of an LQR-FLM step (no reference, or its fallback) is the sampled controller; it is
+        kept only where the "laplace" estimate needs it (after a restart it may be gone from
+        mbpl/controllers: the trainer then stops with the reason).
+        """
+        assert self._models is not None
+        _, dyns, quads, sample_costs = self._models
+        records = []
+        for m, update in enumerate(updates):
+            if update.controller is None:
+                raise RuntimeError(f"GPS: iteration {iteration} condition {m}: the LQR step returned no "
+                                   "controller")
+            centre = None if update.reference_fallback else self.reference_for(iteration, m)
+            if centre is None and self.config.step_estimate == "laplace":
+                centre = self.channel.controller(controller_id(iteration, m), self.controller_timeout)
+                if centre is None:
+                    raise RuntimeError(f"GPS: iteration {iteration} condition {m}: the sampled controller "
+                                       "is not on mbpl/controllers (needed by gps.step_estimate: laplace)")
+            records.append(CStepRecord(centre, update.controller, dyns[m], quads[m], sample_costs[m]))
+        self._save_c_step(iteration, records, [float(u.step_mult) for u in updates])
 
     def _sampled_controllers(self, iteration: int) -> list[LinearGaussianController | None]:
         """The controllers that produced this iteration's samples, as the iLQR node published them."""
@@ -303,8 +414,11 @@ class GPSHooks(Hooks):
         """Policy evaluation: tip distances and success on training (graph) and held-out (in-process) sets."""
         self.load_s_step(iteration)
         pid = policy_id(iteration)
-        train = tip_distances(self.layout, [r.batch for r in self.evaluate_in_graph(iteration, pid)])
-        out: dict[str, Any] = {"policy_id": pid, **self._success_fields("policy", train)}
+        trials = [r.batch for r in self.evaluate_in_graph(iteration, pid)]
+        train_cost = [float(quadratic_cost_model(self.cost, b)[0].sum()) for b in trials]
+        out: dict[str, Any] = {"policy_id": pid, **self._success_fields("policy", tip_distances(self.layout,
+                                                                                                trials)),
+                               "policy_train_cost": train_cost}
         if self.s_step is not None:
             out["s_step"] = {"loss_before": self.s_step.loss_before, "loss_after": self.s_step.loss_after,
                              "steps": self.s_step.steps, "seconds": self.s_step.seconds}
@@ -315,7 +429,32 @@ class GPSHooks(Hooks):
             rollouts = policy_rollouts(self.held_out_env, self.numpy_policy, conditions)
             held_out = tip_distances(self.layout, rollouts)
             out.update(self._success_fields("policy_held_out", held_out))
+        out.update(self.deploy(iteration, float(np.mean(train_cost)), out))
         return out
+
+    def deploy(self, iteration: int, score: float, out: dict[str, Any]) -> dict[str, Any]:
+        """gps.select_best: keep the snapshot of lowest training cost as the checkpoint's policy.npz.
+
+        Returns the history fields of the deployed policy: its iteration and held-out figures.
+        """
+        if not self.config.select_best:
+            return {"deployed_policy_iteration": iteration}
+        if np.isfinite(score) and (self.best is None or score < self.best[0]):
+            self.best = (score, iteration)
+        best = iteration if self.best is None else self.best[1]
+        fields: dict[str, Any] = {"deployed_policy_iteration": best}
+        if best == iteration:
+            fields.update({f"deployed_{k}": v for k, v in out.items() if k.startswith("policy_held_out")})
+            return fields  # the checkpoint written after this S-step is the deployed one already
+        params = self._snapshot(best)
+        save_numpy_policy(self.run_dir / CHECKPOINT_FOLDER, params, self.config)
+        self.log(f"GPS: deployed policy: S-step snapshot of iteration {best} (gps.select_best)")
+        if self.held_out_env is not None and self.held_out_env.num_conditions:
+            rollouts = policy_rollouts(self.held_out_env, NumpyPolicy(params),
+                                       range(self.held_out_env.num_conditions))
+            fields.update(self._success_fields("deployed_policy_held_out",
+                                               tip_distances(self.layout, rollouts)))
+        return fields
 
     def _success_fields(self, prefix: str, distances: list[float]) -> dict[str, Any]:
         success = [d < self.threshold for d in distances]
@@ -347,8 +486,9 @@ class GPSHooks(Hooks):
                                f"({ran}, expected policy {pid})")
 
 
-def build_gps_hooks(experiment: ExperimentConfig, run_dir: str | Path, channel: PolicyChannel,
-                    max_attempts: int = 5, log: Callable[[str], Any] = print) -> GPSHooks | None:
+def build_gps_hooks(experiment: ExperimentConfig, run_dir: str | Path, channel: PolicyChannel, cost: Cost,
+                    kl: KLStepConfig, max_attempts: int = 5,
+                    log: Callable[[str], Any] = print) -> GPSHooks | None:
     """GPSHooks for an experiment with ``method: mdgps`` (None for lqr_flm); ConfigError on a bad ``gps:``.
 
     The held-out conditions, if the experiment has any, are evaluated in-process (MujocoEnv).
@@ -362,4 +502,4 @@ def build_gps_hooks(experiment: ExperimentConfig, run_dir: str | Path, channel: 
     held_out = MujocoEnv(experiment, condition_set="held_out") if experiment.conditions("held_out") else None
     threshold = DEFAULT_SUCCESS_THRESHOLD.get(experiment.task.scene, 0.02)
     return GPSHooks(run_dir, config, len(experiment.conditions("train")), experiment.layout,
-                    experiment.robot.dQ, channel, threshold, held_out, max_attempts, log)
+                    experiment.robot.dQ, channel, threshold, held_out, max_attempts, log, cost=cost, kl=kl)

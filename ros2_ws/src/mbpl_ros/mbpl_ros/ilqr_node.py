@@ -1,9 +1,11 @@
 """iLQR node: the KL-constrained LQR step per condition, a thin shell over ConditionOptimizer.
 
 * serves ``mbpl/update_controller`` (mbpl_msgs/UpdateController: condition, iteration, dynamics,
-  samples, optional reference → new controller, η, KL, ε, step_mult, expected cost); the cost model
-  comes from the samples (build_cost of the experiment's ``cost:`` + quadratic_cost_model); reference
-  given → MDGPS, none → LQR-FLM. Idempotent per (condition, iteration).
+  samples, optional reference, optional step_mult → new controller, η, KL, ε, step_mult, expected
+  cost); the cost model comes from the samples (build_cost of the experiment's ``cost:`` +
+  quadratic_cost_model); reference given → MDGPS, none → LQR-FLM; step_mult given (> 0) → the step
+  is taken with it (MDGPS's step rule, decided by the trainer), 0 → the node's own LQR-FLM step rule.
+  Idempotent per (condition, iteration).
 * publishes controllers on ``mbpl/controllers`` (reliable, transient-local, so a late sampler gets
   them): at start the current one of every condition (the initial controllers on a fresh run), then
   each new one. Ids: ``trainer_logic.controller_id(i, m) = 1 + 1000 i + m`` for the controller that
@@ -69,8 +71,9 @@ class IlqrNode(Node):
             dynamics = conversions.msg_to_dynamics(request.dynamics)
             batch = samples_to_batch(list(request.samples))
             reference = conversions.msg_to_controller(request.reference) if request.has_reference else None
+            step_mult = float(request.step_mult) if request.step_mult != 0.0 else None  # 0: LQR-FLM rule
             (controller, info), computed = lqr_step(self.conditions[m], i, dynamics, batch, self.cost,
-                                                    reference)
+                                                    reference, step_mult)
         except (ShapeError, StaleRequestError, ValueError) as err:  # KL search and PD failures included
             response.success = False
             response.message = f"LQR step of condition {m}, iteration {i} failed: {err}"

@@ -113,12 +113,19 @@ def lqr_conditions(folder: str | Path, x0s: list[Any], layout: StateLayout, dU: 
 
 def lqr_step(condition: PersistentCondition[ConditionOptimizer, LqrResult], iteration: int,
              dynamics: LinearDynamics, batch: SampleBatch, cost: Cost,
-             reference: LinearGaussianController | None) -> tuple[LqrResult, bool]:
+             reference: LinearGaussianController | None,
+             step_mult: float | None = None) -> tuple[LqrResult, bool]:
     """One KL-constrained LQR step per iteration: cost model of ``batch``, then ConditionOptimizer.update.
 
     reference None → LQR-FLM (KL to the current controller); otherwise MDGPS (KL to ``reference``).
+    step_mult None → the optimizer adapts its step multiplier by the LQR-FLM rule; a number → the step
+    is taken with that multiplier (MDGPS's rule, decided by the trainer), clipped to the configured bounds
+    (ValueError unless finite and > 0).
     """
     def compute(optimizer: ConditionOptimizer) -> LqrResult:
         _, quad = quadratic_cost_model(cost, batch)
-        return optimizer.update(dynamics, quad, reference)
+        if step_mult is None:
+            return optimizer.update(dynamics, quad, reference)
+        optimizer.step_mult = step_mult
+        return optimizer.update(dynamics, quad, reference, adapt_step=False)
     return condition.run(iteration, compute)

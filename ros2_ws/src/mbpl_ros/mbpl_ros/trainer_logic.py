@@ -7,8 +7,10 @@ it over DDS in :mod:`mbpl_ros.trainer_transport`; tests implement it in process)
    each accepted sample is written at once to its own small bag, and the batch is closed into one
    bag per (i, m) when complete (:class:`mbpl_ros.recording.SampleStore`);
 2. ``hooks.before_c_step(i, batches)`` — GPS mode linearises the policy at the samples here;
-3. per condition: fit dynamics, then one KL-constrained LQR step (reference from
-   ``hooks.reference_for``, None in LQR-FLM); the iLQR side publishes ``controller_id(i + 1, m)``.
+3. every condition's dynamics fitted; ``hooks.step_mults(i, batches, dynamics)`` gives each
+   condition's step multiplier (GPS mode: MDGPS's step rule; None: the iLQR node's LQR-FLM rule); then
+   per condition one KL-constrained LQR step (reference from ``hooks.reference_for``, None in
+   LQR-FLM); the iLQR side publishes ``controller_id(i + 1, m)``.
    A step that fails against a reference (e.g. no η meets the KL bound around the policy
    linearisation) is taken again as an LQR-FLM step around the condition's own controller;
 4. ``hooks.after_c_step(i, batches, updates)`` — GPS mode's S-step on the new controllers;
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mbpl_core.config import ConfigError
-from mbpl_core.containers import LinearGaussianController, SampleBatch, StateLayout
+from mbpl_core.containers import LinearDynamics, LinearGaussianController, SampleBatch, StateLayout
 from mbpl_core.costs import Cost
 from mbpl_ros.conversions import SampleMetadata
 from mbpl_ros.recording import SampleStore
@@ -192,9 +194,14 @@ class Transport(Protocol):
     def fit_dynamics(self, condition: int, iteration: int, samples: Sequence[TrialResult]) -> Any:
         """Fitted dynamics of one condition (opaque to the loop; passed on to update_controller)."""
 
+    def decode_dynamics(self, dynamics: Any) -> LinearDynamics:
+        """What fit_dynamics returned, as arrays (for hooks that model the step, e.g. MDGPS's step rule)."""
+
     def update_controller(self, condition: int, iteration: int, dynamics: Any, samples: Sequence[TrialResult],
-                          reference: LinearGaussianController | None) -> ControllerUpdate:
-        """One KL-constrained LQR step; the new controller is published to the sampler."""
+                          reference: LinearGaussianController | None,
+                          step_mult: float | None = None) -> ControllerUpdate:
+        """One KL-constrained LQR step (step_mult None: the iLQR side's own step rule); the new controller
+        is published to the sampler."""
 
 
 class Hooks:
@@ -209,6 +216,12 @@ class Hooks:
     def reference_for(self, iteration: int, condition: int) -> LinearGaussianController | None:
         """The KL reference of a condition's LQR step; None keeps it to the current controller (LQR-FLM)."""
         return None
+
+    def step_mults(self, iteration: int, batches: Sequence[SampleBatch],
+                   dynamics: Callable[[], Sequence[LinearDynamics]]) -> Sequence[float | None]:
+        """Each condition's step multiplier for this iteration's LQR steps; None leaves it to the iLQR
+        node's LQR-FLM rule. ``dynamics()`` decodes the conditions' fitted dynamics (MDGPS's rule)."""
+        return [None] * len(batches)
 
     def after_c_step(self, iteration: int, batches: Sequence[SampleBatch],
                      updates: Sequence[ControllerUpdate]) -> None:
@@ -297,7 +310,11 @@ class TrainerLoop:
         results = [self._sample_condition(i, m, clock) for m in range(self.settings.num_conditions)]
         batches = [SampleBatch.concatenate([r.batch for r in rs]) for rs in results]
         self.hooks.before_c_step(i, batches)
-        updates = [self._c_step(i, m, results[m], clock) for m in range(self.settings.num_conditions)]
+        M = self.settings.num_conditions
+        dynamics = [self._fit(i, m, results[m], clock) for m in range(M)]
+        step_mults = self.hooks.step_mults(i, batches,
+                                           lambda: [self.transport.decode_dynamics(d) for d in dynamics])
+        updates = [self._c_step(i, m, results[m], dynamics[m], step_mults[m], clock) for m in range(M)]
         self.hooks.after_c_step(i, batches, updates)
         new_ids = tuple(u.controller_id for u in updates)
         evaluation = self._evaluate(i, new_ids, clock) if self.settings.evaluate else None
@@ -344,14 +361,18 @@ class TrainerLoop:
         raise TrialFailedError(f"iteration {i} condition {m} sample {index}: no sample in "
                                f"{self.settings.max_attempts} attempts")
 
-    def _c_step(self, i: int, m: int, samples: list[TrialResult], clock: _Clock) -> ControllerUpdate:
+    def _fit(self, i: int, m: int, samples: list[TrialResult], clock: _Clock) -> Any:
         start = time.perf_counter()
         dynamics = self.transport.fit_dynamics(m, i, samples)
         clock.add("fitting", start)
+        return dynamics
+
+    def _c_step(self, i: int, m: int, samples: list[TrialResult], dynamics: Any, step_mult: float | None,
+                clock: _Clock) -> ControllerUpdate:
         start = time.perf_counter()
         reference = self.hooks.reference_for(i, m)
         try:
-            update = self.transport.update_controller(m, i, dynamics, samples, reference)
+            update = self.transport.update_controller(m, i, dynamics, samples, reference, step_mult)
         except StepFailedError as err:
             if reference is None:
                 raise
@@ -359,7 +380,7 @@ class TrainerLoop:
             # asked again; MDGPS in one process takes the same way out (mbpl_core.gps.MDGPS._c_step).
             self.log(f"iteration {i} condition {m}: step against the reference failed ({err}); "
                      "taking an LQR-FLM step instead")
-            update = replace(self.transport.update_controller(m, i, dynamics, samples, None),
+            update = replace(self.transport.update_controller(m, i, dynamics, samples, None, step_mult),
                              reference_fallback=True)
         clock.add("lqr", start)
         return update
@@ -417,7 +438,9 @@ def run_summary(history: Sequence[dict[str, Any]]) -> str:
     dist = ", ".join(f"{100.0 * d:.2f}" for d in last[key])
     line = (f"{len(history)} iterations; mean cost {np.mean(first['mean_cost']):.4g} → "
             f"{np.mean(last['mean_cost']):.4g}; final ee distance (cm) per condition: [{dist}]")
-    for prefix, name in (("policy", "training"), ("policy_held_out", "held-out")):
+    for prefix, name in (("policy", "training"), ("policy_held_out", "held-out"),
+                         ("deployed_policy_held_out", f"held-out (deployed: iteration "
+                                                      f"{last.get('deployed_policy_iteration')})")):
         if f"{prefix}_tip_distance" in last:  # GPS mode (mbpl_ros.gps_hooks)
             success, tips = last[f"{prefix}_success"], last[f"{prefix}_tip_distance"]
             line += (f"; policy on {name} conditions: {sum(success)}/{len(success)} succeed, median tip "

@@ -51,8 +51,8 @@ class TrainerNode(Node):
                                      algo.seed, self.params.max_attempts, self.params.evaluate)
         cost = build_cost(self.settings.cost, experiment.layout, experiment.robot.dQ)
         log = self.get_logger().info
-        hooks = self.hooks or build_gps_hooks(experiment, self.settings.run_dir, self.transport,
-                                              self.params.max_attempts, log)
+        hooks = self.hooks or build_gps_hooks(experiment, self.settings.run_dir, self.transport, cost,
+                                              algo.kl, self.params.max_attempts, log)
         loop = TrainerLoop(self.settings.run_dir, loop_settings, self.transport, cost, experiment.layout,
                            hooks, log=log)
         state = loop.run()

@@ -32,7 +32,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 
-from mbpl_core.containers import LinearGaussianController, ShapeError
+from mbpl_core.containers import LinearDynamics, LinearGaussianController, ShapeError
 from mbpl_core.policy import PolicyParams
 from mbpl_ros import conversions
 from mbpl_ros.node_params import TrainerNodeParams
@@ -176,11 +176,16 @@ class GraphTransport:
         request = FitDynamics.Request(condition=condition, iteration=iteration, samples=msgs)
         return self._ask(self._fit, request, f"fit_dynamics({condition}, {iteration})").dynamics
 
+    def decode_dynamics(self, dynamics: Any) -> LinearDynamics:
+        return conversions.msg_to_dynamics(dynamics)
+
     def update_controller(self, condition: int, iteration: int, dynamics: Any, samples: Sequence[TrialResult],
-                          reference: LinearGaussianController | None) -> ControllerUpdate:
+                          reference: LinearGaussianController | None,
+                          step_mult: float | None = None) -> ControllerUpdate:
         msgs = [deserialize_message(s.raw, TrajectorySample) for s in samples]
         request = UpdateController.Request(condition=condition, iteration=iteration, dynamics=dynamics,
-                                           samples=msgs, has_reference=reference is not None)
+                                           samples=msgs, has_reference=reference is not None,
+                                           step_mult=0.0 if step_mult is None else float(step_mult))
         if reference is not None:
             request.reference = conversions.controller_to_msg(reference, condition, 0)
         r = self._ask(self._update, request, f"update_controller({condition}, {iteration})")
