@@ -438,12 +438,13 @@ def run_summary(history: Sequence[dict[str, Any]]) -> str:
     dist = ", ".join(f"{100.0 * d:.2f}" for d in last[key])
     line = (f"{len(history)} iterations; mean cost {np.mean(first['mean_cost']):.4g} → "
             f"{np.mean(last['mean_cost']):.4g}; final ee distance (cm) per condition: [{dist}]")
-    for prefix, name in (("policy", "training"), ("policy_held_out", "held-out"),
-                         ("deployed_policy_held_out", f"held-out (deployed: iteration "
-                                                      f"{last.get('deployed_policy_iteration')})")):
+    deployed = f"deployed policy (iteration {last.get('deployed_policy_iteration')})"
+    for prefix, name in (("policy", "policy on training conditions"),
+                         ("policy_held_out", "policy on held-out conditions"),
+                         ("deployed_policy_held_out", f"{deployed} on held-out conditions")):
         if f"{prefix}_tip_distance" in last:  # GPS mode (mbpl_ros.gps_hooks)
             success, tips = last[f"{prefix}_success"], last[f"{prefix}_tip_distance"]
-            line += (f"; policy on {name} conditions: {sum(success)}/{len(success)} succeed, median tip "
+            line += (f"; {name}: {sum(success)}/{len(success)} succeed, median tip "
                      f"distance {100.0 * float(np.median(tips)):.2f} cm")
     return line
 
