@@ -73,8 +73,10 @@ def _add_block(spec: mujoco.MjSpec, hole: HoleConfig) -> None:
         "block_wall_ny": ([0.0, -(w + t / 2), d / 2], [w, t / 2, d / 2]),
     }
     for name, (pos, size) in boxes.items():
+        # MuJoCo combines two geoms' friction by the maximum unless one has a higher priority: without it,
+        # the robot's default friction of 1 would override the block's in every peg-block contact.
         body.add_geom(name=name, type=mujoco.mjtGeom.mjGEOM_BOX, pos=pos, size=size,
-                      rgba=[0.55, 0.4, 0.25, 1.0], friction=[hole.friction, 0.005, 0.0001],
+                      rgba=[0.55, 0.4, 0.25, 1.0], friction=[hole.friction, 0.005, 0.0001], priority=1,
                       contype=WORLD_CONTYPE, conaffinity=WORLD_CONAFFINITY)
     body.add_site(name="hole_bottom", pos=[0.0, 0.0, 0.0], size=[0.006, 0.0, 0.0], rgba=[0.1, 0.85, 0.2, 0.8])
 

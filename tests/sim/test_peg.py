@@ -4,24 +4,31 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import mujoco
 import numpy as np
 import pytest
 
 from mbpl_sim.env import MujocoEnv
 from mbpl_sim.experiment import ExperimentConfig
 from mbpl_sim.ik import solve_ik
+from mbpl_sim.scenes import BLOCK_BODY
 
 pytestmark = pytest.mark.sim
 
 
-def _lower_peg(experiment: ExperimentConfig, condition: int) -> tuple[MujocoEnv, np.ndarray]:
-    """Drive the peg tip from 3 cm above the block to 2 mm below the hole bottom; returns (env, final x)."""
+def _lower_peg(experiment: ExperimentConfig, condition: int,
+               frictions: list[float] | None = None) -> tuple[MujocoEnv, np.ndarray]:
+    """Drive the peg tip from 3 cm above the block to 2 mm below the hole bottom; returns (env, final x).
+
+    frictions: if given, the sliding friction of every contact of the peg with the block is appended.
+    """
     # a faster control period than the learning task's so a stiff PD stays stable under zero-order hold
     experiment = replace(experiment, task=replace(experiment.task, dt=0.01, substeps=5))
     env = MujocoEnv(experiment)
     hole = env.conditions[condition].position
     depth = experiment.task.hole.depth
     env.reset(condition)
+    block = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_BODY, BLOCK_BODY)
     q_ref = env.joint_positions()
     kp, kd = 150.0, 15.0
     steps = 300
@@ -34,6 +41,9 @@ def _lower_peg(experiment: ExperimentConfig, condition: int) -> tuple[MujocoEnv,
         x = env.step(u)
         penetration = -min([env.data.contact[i].dist for i in range(env.data.ncon)], default=0.0)
         assert penetration < 0.003, f"step {k}: contact penetration {penetration:.4f} m"
+        if frictions is not None:
+            frictions += [float(c.friction[0]) for c in env.data.contact[:env.data.ncon]
+                          if block in (env.model.geom_bodyid[c.geom1], env.model.geom_bodyid[c.geom2])]
     return env, x
 
 
@@ -56,3 +66,14 @@ def test_peg_is_stopped_by_a_hole_narrower_than_the_peg(
     env, x = _lower_peg(replace(experiment, task=replace(experiment.task, hole=narrow)), 0)
     assert x[16] > narrow.depth - 0.005  # the tip rests on the block's top face
     assert env.warning_counts() == {}
+
+
+def test_peg_block_contacts_use_the_configured_friction(
+        shipped_experiments: dict[str, ExperimentConfig]) -> None:
+    """The hole's `friction` is what every peg-block contact gets (not the larger robot default of 1)."""
+    experiment = shipped_experiments["arm7_peg"]
+    for friction in (0.3, 0.6):
+        hole = replace(experiment.task.hole, friction=friction, half_width=0.008)  # rests on the block
+        frictions: list[float] = []
+        _lower_peg(replace(experiment, task=replace(experiment.task, hole=hole)), 0, frictions)
+        assert frictions and np.allclose(frictions, friction), sorted(set(frictions))
