@@ -459,7 +459,8 @@ class GPSHooks(Hooks):
     def _success_fields(self, prefix: str, distances: list[float]) -> dict[str, Any]:
         success = [d < self.threshold for d in distances]
         return {f"{prefix}_tip_distance": distances, f"{prefix}_success": success,
-                f"{prefix}_success_rate": float(np.mean(success)) if success else 0.0}
+                f"{prefix}_success_rate": float(np.mean(success)) if success else 0.0,
+                "success_threshold_m": self.threshold}
 
     def evaluate_in_graph(self, iteration: int, pid: int) -> list[TrialResult]:
         """One noiseless policy trial per training condition; re-run until the sampler ran policy ``pid``.

@@ -459,7 +459,12 @@ def write_history(run_dir: str | Path, history: Sequence[dict[str, Any]]) -> tup
     run_dir = Path(run_dir)
     write_json_atomic(run_dir / "history.json", list(history))
     iters = [r["iteration"] for r in history]
-    fig, (ax_cost, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
+    rates = [(f"{prefix}_success_rate", name) for prefix, name in (
+        ("policy", "policy, training"), ("policy_held_out", "policy, held-out"),
+        ("deployed_policy_held_out", "deployed policy, held-out"))
+        if history and f"{prefix}_success_rate" in history[-1]]
+    fig, axes = plt.subplots(1, 3 if rates else 2, figsize=(15 if rates else 10, 4))
+    ax_cost, ax_dist = axes[0], axes[1]
     costs = np.array([r["mean_cost"] for r in history])
     key = "eval_final_distance" if history and "eval_final_distance" in history[0] else "mean_final_distance"
     dists = np.array([r[key] for r in history])
@@ -473,9 +478,17 @@ def write_history(run_dir: str | Path, history: Sequence[dict[str, Any]]) -> tup
     ax_cost.set(xlabel="iteration", ylabel="mean sample cost", title="cost")
     title = "noiseless trial" if key.startswith("eval") else "mean over samples"
     ax_dist.set(xlabel="iteration", ylabel="final ee distance (cm)", title=f"final distance ({title})")
-    ax_dist.axhline(2.0, color="gray", linestyle="--", linewidth=0.8)
+    threshold = history[-1].get("success_threshold_m", 0.02) if history else 0.02
+    ax_dist.axhline(100.0 * threshold, color="gray", linestyle="--", linewidth=0.8)
     ax_cost.legend()
     ax_dist.legend(fontsize=7)
+    for rate_key, name in rates:  # GPS mode: share of conditions where the policy's tip ends within threshold
+        points = [(r["iteration"], r[rate_key]) for r in history if rate_key in r]
+        axes[2].plot(*zip(*points, strict=True), marker="o", label=name)
+    if rates:
+        axes[2].set(xlabel="iteration", ylabel="success rate", ylim=(-0.05, 1.05),
+                    title=f"policy success (tip within {100.0 * threshold:g} cm)")
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     png = run_dir / "history.png"
     fig.savefig(png, dpi=80)
