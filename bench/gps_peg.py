@@ -36,6 +36,7 @@ from mbpl_core.lqr_flm import AlgorithmConfig, Policy
 from mbpl_core.policy import GPSConfig
 from mbpl_sim.env import MujocoEnv
 from mbpl_sim.experiment import load_experiment
+from mbpl_sim.training import validation_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SUCCESS_M = 0.01  # peg tip within 1 cm of the hole bottom
@@ -66,7 +67,8 @@ def run_seed(config_path: Path, iterations: int, seed: int, overrides: dict[str,
     cost = build_cost(from_dict(CostConfig, exp.cost), exp.layout, train.dU)
     algorithm = from_dict(AlgorithmConfig, {**exp.algorithm, "seed": seed})
     gps_config = from_dict(GPSConfig, {**exp.gps, "seed": seed})
-    mdgps = MDGPS(train, cost, algorithm, gps_config, eval_env=held_out, eval_cost=cost)
+    mdgps = MDGPS(train, cost, algorithm, gps_config, eval_env=held_out, eval_cost=cost,
+                  select_env=validation_env(exp, gps_config))
     rows = []
     start = time.perf_counter()
     for _ in range(iterations):

@@ -465,7 +465,8 @@ class GPSIterationReport:
     controllers, or from the policy when sampling on-policy); step_mult, eta, kl: of the C-step;
     s_step: the S-step's losses; policy_cost, policy_distance: noiseless policy rollouts on the
     evaluation conditions (Σ_t c and final mean ee distance), None without an evaluation env;
-    *_s: wall-clock seconds of the phases.
+    *_s: wall-clock seconds of the phases; train_policy_cost: Σ_t c of the gps.select_best rollouts (on the
+    training or, with select_on "validation", the validation conditions), None without select_best.
     """
 
     iteration: int
@@ -564,7 +565,8 @@ class MDGPS:
     env, cost (one, or one per condition), algorithm_config (samples, KL step, dynamics fit, init, noise),
     gps_config (policy and S-step), rng (all exploration noise; default from algorithm_config.seed).
     eval_env/eval_conditions/eval_cost: held-out conditions on which the policy is rolled out after each
-    S-step (eval_cost defaults to ``cost`` when that is a single Cost).
+    S-step (eval_cost defaults to ``cost`` when that is a single Cost). select_env: the validation
+    conditions of gps.select_on "validation" (rolled out with eval_cost; ValueError if missing).
     With ``s_step_order: after_c_step`` iteration 0 takes an LQR-FLM step (reference = the LG controller):
     the policy is still untrained then. A condition whose KL step is infeasible takes the zero step
     (:meth:`_zero_step`) and is listed in ``fallbacks`` as (iteration, condition).
@@ -581,6 +583,7 @@ class MDGPS:
         eval_conditions: Sequence[int] | None = None,
         eval_cost: Cost | None = None,
         initial_controllers: Sequence[LinearGaussianController] | None = None,
+        select_env: Environment | None = None,
     ) -> None:
         self.config = AlgorithmConfig() if algorithm_config is None else algorithm_config
         self.gps_config = GPSConfig() if gps_config is None else gps_config
@@ -597,6 +600,11 @@ class MDGPS:
         self.eval_cost = eval_cost if eval_cost is not None or not isinstance(cost, Cost) else cost
         if eval_env is not None and self.eval_cost is None:
             raise ValueError("eval_cost is needed when costs are given per condition")
+        validating = self.gps_config.select_best and self.gps_config.select_on == "validation"
+        if validating and (select_env is None or self.eval_cost is None):
+            raise ValueError("gps.select_on: validation needs select_env (and eval_cost when costs are given "
+                             "per condition)")
+        self.select_env = select_env
         self.iteration_count = 0
         self.reports: list[GPSIterationReport] = []
         self.fallbacks: list[tuple[int, int]] = []
@@ -611,12 +619,17 @@ class MDGPS:
         return self._numpy_policy if self.best is None else self.best[2]
 
     def _select(self) -> tuple[float, ...] | None:
-        """With gps.select_best: noiseless rollouts of the new policy on the training conditions, costs
-        Σ_t c_m (M,); the snapshot replaces :attr:`best` when mean_m Σ_t c_m is lower."""
+        """With gps.select_best: noiseless rollouts of the new policy on the training (or, with gps.select_on
+        "validation", the validation) conditions, costs Σ_t c_m (M,); the snapshot replaces :attr:`best`
+        when mean_m Σ_t c_m is lower."""
         if not self.gps_config.select_best:
             return None
-        batches = policy_rollouts(self.env, self._numpy_policy, range(self.env.num_conditions))
-        costs = tuple(float(quadratic_cost_model(c, b)[0].sum()) for c, b in zip(self.lg.costs, batches,
+        on_train = self.gps_config.select_on == "train"
+        env = self.env if on_train else self.select_env
+        assert env is not None
+        batches = policy_rollouts(env, self._numpy_policy, range(env.num_conditions))
+        cost_of = self.lg.costs if on_train else [self.eval_cost] * env.num_conditions
+        costs = tuple(float(quadratic_cost_model(c, b)[0].sum()) for c, b in zip(cost_of, batches,
                                                                                      strict=True))
         score = float(np.mean(costs))
         if np.isfinite(score) and (self.best is None or score < self.best[0]):
@@ -811,11 +824,11 @@ class MDGPS:
     @classmethod
     def from_state(cls, env: Environment, cost: Cost | Sequence[Cost], state: dict[str, Any],
                    eval_env: Environment | None = None, eval_conditions: Sequence[int] | None = None,
-                   eval_cost: Cost | None = None) -> MDGPS:
+                   eval_cost: Cost | None = None, select_env: Environment | None = None) -> MDGPS:
         """Rebuild a loop from :meth:`state_dict` output; continuing it matches the original run."""
         lg = LQRFLM.from_state(env, cost, state["lg"])
         obj = cls(env, cost, lg.config, state["gps_config"], lg.rng, eval_env, eval_conditions, eval_cost,
-                  initial_controllers=lg.controllers)
+                  initial_controllers=lg.controllers, select_env=select_env)
         obj.lg = lg
         obj.policy.load_state_dict(state["policy"])
         obj.torch_generator.set_state(state["torch_generator"])

@@ -52,8 +52,10 @@ class GPSConfig:
     average_last: the S-step returns the mean of the weights of its last ``average_last`` Adam steps
     (Polyak-Ruppert iterate averaging; 0: the last iterate). policy_ema: after each S-step (from the second)
     θ ← β θ_before + (1 − β) θ_trained with β = policy_ema (0: no averaging across iterations).
-    select_best: after each S-step roll the policy out noiselessly on the training conditions and keep the
-    snapshot with the lowest mean cost as ``MDGPS.deployed_policy`` (training data only; off: the last one).
+    select_best: after each S-step roll the policy out noiselessly and keep the snapshot with the lowest
+    mean cost as ``MDGPS.deployed_policy`` (off: the last one); select_on: where those rollouts run,
+    "train" (the training conditions) | "validation" (the task's validation conditions: positions never
+    trained on and kept apart from the held-out ones, which stay for reporting only).
     """
 
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -78,6 +80,7 @@ class GPSConfig:
     average_last: int = 0
     policy_ema: float = 0.0
     select_best: bool = False
+    select_on: Literal["train", "validation"] = "train"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -95,6 +98,8 @@ class GPSConfig:
         if self.linearization not in ("jacobian", "regression"):
             raise ConfigError("gps.linearization must be 'jacobian' or 'regression', "
                               f"got {self.linearization!r}")
+        if self.select_on not in ("train", "validation"):
+            raise ConfigError(f"gps.select_on must be 'train' or 'validation', got {self.select_on!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"gps.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         for name in ("learning_rate", "init_policy_var", "policy_prior_strength"):

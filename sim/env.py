@@ -8,7 +8,7 @@ x = [q (dQ), qd (dQ), ee points − targets (3P), ee point velocities (3P)], com
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Protocol
 
 import mujoco
 import numpy as np
@@ -19,7 +19,7 @@ from mbpl_sim.experiment import ExperimentConfig
 from mbpl_sim.kinematics import EndEffectorKinematics
 from mbpl_sim.robot import actuated_joint_ids
 from mbpl_sim.scenes import build_scene_spec, task_body_name
-from mbpl_sim.task import Condition
+from mbpl_sim.task import CONDITION_SETS, Condition, ConditionSetName
 
 
 class Policy(Protocol):
@@ -46,13 +46,13 @@ class MujocoEnv:
     """
 
     def __init__(self, experiment: ExperimentConfig,
-                 condition_set: Literal["train", "held_out"] = "train") -> None:
-        if condition_set not in ("train", "held_out"):
-            raise ConfigError(f"condition_set must be 'train' or 'held_out', got {condition_set!r}")
+                 condition_set: ConditionSetName = "train") -> None:
+        if condition_set not in CONDITION_SETS:
+            raise ConfigError(f"condition_set must be one of {CONDITION_SETS}, got {condition_set!r}")
         self.experiment = experiment
         self.conditions: list[Condition] = experiment.conditions(condition_set)
         if not self.conditions:
-            raise ConfigError(f"task.{'held_out' if condition_set == 'held_out' else 'conditions'}: "
+            raise ConfigError(f"task.{'conditions' if condition_set == 'train' else condition_set}: "
                               f"no {condition_set} conditions configured")
         self.model = build_scene_spec(experiment).compile()
         self.data = mujoco.MjData(self.model)

@@ -17,7 +17,7 @@ import yaml
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import StateLayout
 from mbpl_sim.robot import RobotConfig, resolve_description
-from mbpl_sim.task import Condition, TaskConfig, build_conditions
+from mbpl_sim.task import Condition, ConditionSetName, TaskConfig, build_conditions
 
 SECTIONS = ("name", "method", "robot", "task", "cost", "algorithm", "ros", "gps")
 # lqr_flm: local LG controllers only; mdgps: also distil them into a neural policy (gps: section)
@@ -57,6 +57,7 @@ class ExperimentConfig:
         # Building both sets here reports a bad initial configuration at load time, not mid-run.
         build_conditions(self.task, "train", self.robot.dQ)
         build_conditions(self.task, "held_out", self.robot.dQ)
+        build_conditions(self.task, "validation", self.robot.dQ)
 
     def check_sections(self) -> None:
         """Build the core configs of ``cost:``, ``algorithm:`` (and ``gps:`` for mdgps) once, so a typo is a
@@ -70,15 +71,19 @@ class ExperimentConfig:
         build_cost(from_dict(CostConfig, self.cost, "cost"), self.layout, dU)
         from_dict(AlgorithmConfig, self.algorithm, "algorithm")
         if self.method == "mdgps":
-            from_dict(GPSConfig, self.gps, "gps").observation_indices(self.layout.dX)
+            gps = from_dict(GPSConfig, self.gps, "gps")
+            gps.observation_indices(self.layout.dX)
+            if gps.select_best and gps.select_on == "validation" and not self.conditions("validation"):
+                raise ConfigError("gps.select_on: validation needs task.validation conditions (positions "
+                                  "never trained on, apart from task.held_out)")
 
     @property
     def layout(self) -> StateLayout:
         """x = [q, qd, ee points − target, ee velocities]: dX = 2 dQ + 6 P."""
         return StateLayout(dQ=self.robot.dQ, n_points=self.robot.n_points)
 
-    def conditions(self, which: Literal["train", "held_out"] = "train") -> list[Condition]:
-        """The training or held-out conditions (held-out: empty if none are configured)."""
+    def conditions(self, which: ConditionSetName = "train") -> list[Condition]:
+        """The training, held-out or validation conditions (the last two: empty if none are configured)."""
         return build_conditions(self.task, which, self.robot.dQ)
 
     def target_points(self, condition: Condition) -> np.ndarray:

@@ -146,6 +146,7 @@ class TaskConfig:
     initial_q: tuple[float, ...] | None = None
     conditions: ConditionSetConfig | None = None
     held_out: ConditionSetConfig | None = None
+    validation: ConditionSetConfig | None = None
     target_offsets: tuple[Point3, ...] | None = None
     hole: HoleConfig = HoleConfig()
 
@@ -175,13 +176,21 @@ class Condition:
     position: np.ndarray
 
 
-def build_conditions(task: TaskConfig, which: Literal["train", "held_out"], dQ: int) -> list[Condition]:
-    """Conditions of the training set or the held-out set (empty list if no held-out set is configured).
+ConditionSetName = Literal["train", "held_out", "validation"]
+CONDITION_SETS: tuple[str, ...] = ("train", "held_out", "validation")
 
-    Raises ConfigError naming the key when an initial configuration does not have dQ entries.
+
+def build_conditions(task: TaskConfig, which: ConditionSetName, dQ: int) -> list[Condition]:
+    """Conditions of the training, held-out (test) or validation set (empty if that set is not configured).
+
+    The validation set only ever chooses among policy snapshots (gps.select_on: validation); the held-out
+    set is for reporting. Raises ConfigError naming the key when an initial configuration does not have
+    dQ entries.
     """
-    cset = task.conditions if which == "train" else task.held_out
-    key = "task.conditions" if which == "train" else "task.held_out"
+    if which not in CONDITION_SETS:
+        raise ConfigError(f"condition set must be one of {CONDITION_SETS}, got {which!r}")
+    cset = {"train": task.conditions, "held_out": task.held_out, "validation": task.validation}[which]
+    key = "task.conditions" if which == "train" else f"task.{which}"
     if cset is None:
         return []
     positions = cset.positions_array()

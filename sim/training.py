@@ -112,7 +112,8 @@ def train_in_process(
 
         has_held_out = bool(experiment.conditions("held_out"))
         held_out = MujocoEnv(experiment, condition_set="held_out") if has_held_out else None
-        algorithm = MDGPS(env, cost, config, from_dict(GPSConfig, experiment.gps, "gps"))
+        gps_config = from_dict(GPSConfig, experiment.gps, "gps")
+        algorithm = MDGPS(env, cost, config, gps_config, select_env=validation_env(experiment, gps_config))
     else:
         algorithm = LQRFLM(env, cost, config)
     log(f"[mbpl] {experiment.method} on {experiment.name or experiment.source}: {env.num_conditions} "
@@ -136,6 +137,17 @@ def train_in_process(
         log(line + f" ({history.seconds[-1]:.1f} s)")
     _write_outputs(algorithm, experiment, history, run_dir, log)
     return history
+
+
+def validation_env(experiment: ExperimentConfig, gps_config: Any) -> MujocoEnv | None:
+    """The validation conditions' environment that gps.select_on "validation" needs, else None.
+
+    ConfigError (from ExperimentConfig.check_sections) when the task has no ``validation:`` set.
+    """
+    if not (gps_config.select_best and gps_config.select_on == "validation"):
+        return None
+    experiment.check_sections()
+    return MujocoEnv(experiment, condition_set="validation")
 
 
 def _write_outputs(algorithm: Any, experiment: ExperimentConfig, history: TrainingHistory, run_dir: Path,

@@ -453,3 +453,30 @@ def test_select_best_deploys_the_lowest_training_cost_snapshot() -> None:
                   np.random.default_rng(8))
     plain.run(1)
     assert plain.deployed_policy is plain.numpy_policy and plain.reports[0].train_policy_cost is None
+
+
+def test_select_on_validation_deploys_the_lowest_validation_cost_snapshot() -> None:
+    # Oracle as above, on validation positions that are neither trained on nor the held-out ones.
+    train, held_out, cost, algorithm = _point_mass_setup()
+    validation = PointMassEnv([(0.5, -0.5), (-0.4, -0.6), (-0.6, 0.5), (0.2, 0.7)])
+    gps_config = GPSConfig(hidden_sizes=(16,), iterations=60, device="cpu", select_best=True,
+                           select_on="validation")
+    with pytest.raises(ValueError, match="select_env"):
+        MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(8))
+    mdgps = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(8), eval_env=held_out,
+                  select_env=validation)
+    reports = mdgps.run(4)
+    means = [float(np.mean(r.train_policy_cost)) for r in reports]  # type: ignore[arg-type]
+    assert all(len(r.train_policy_cost) == validation.num_conditions for r in reports)  # type: ignore[arg-type]
+    assert mdgps.best is not None
+    score, iteration, deployed = mdgps.best
+    assert iteration == int(np.argmin(means)) and score == min(means)
+    recomputed = [float(quadratic_cost_model(cost, validation.sample(deployed, m, None))[0].sum())
+                  for m in range(validation.num_conditions)]
+    np.testing.assert_allclose(np.mean(recomputed), score, rtol=1e-12)
+    resumed = MDGPS.from_state(train, cost, pickle.loads(pickle.dumps(mdgps.state_dict())), eval_env=held_out,
+                               select_env=validation)
+    resumed.run(1)
+    assert len(resumed.reports[-1].train_policy_cost) == validation.num_conditions  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="select_on"):
+        GPSConfig(select_on="held_out")  # type: ignore[arg-type]

@@ -14,7 +14,6 @@ every sample taken once and exactly the policy of the uninterrupted run (the S-s
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,6 +30,9 @@ pytestmark = [pytest.mark.ros, pytest.mark.sim, pytest.mark.slow]
 pytest.importorskip("rclpy")
 pytest.importorskip("mbpl_msgs.srv")
 pytest.importorskip("torch")
+
+# pytest's default (prepend) import mode puts this folder on sys.path
+from test_sim_in_the_loop import graph_env as sim_in_the_loop_env  # noqa: E402
 
 from mbpl_core.config import from_dict  # noqa: E402
 from mbpl_core.gps import GaussianMLPPolicy, policy_to_params  # noqa: E402
@@ -49,13 +51,8 @@ RUN_TIMEOUT = 420.0
 
 
 def graph_env(tmp: Path) -> dict[str, str]:
-    """This test's private ROS graph: its own domain id, localhost discovery, logs under ``tmp``."""
-    env = dict(os.environ)
-    # a range of its own (test_sim_in_the_loop: 110-189, tests/ros: 1-100), as both may run in one session
-    env.update(ROS_DOMAIN_ID=str(os.getpid() % 40 + 190), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_HOME=str(tmp), ROS_LOG_DIR=str(tmp / "log"), PYTHONUNBUFFERED="1")
-    env["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (sys.prefix, env.get("AMENT_PREFIX_PATH", "")) if p)
-    return env
+    # a domain range of its own (test_sim_in_the_loop: 110-189, tests/ros: 1-100)
+    return sim_in_the_loop_env(tmp, domain_base=190, domains=40)
 
 
 def _config(run_dir: Path) -> Path:

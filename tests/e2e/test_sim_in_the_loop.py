@@ -38,11 +38,13 @@ ITERATIONS, CONDITIONS, SAMPLES = 3, 4, 5
 RUN_TIMEOUT = 420.0
 
 
-def graph_env(tmp: Path) -> dict[str, str]:
-    """This test's private ROS graph: its own domain id, localhost discovery, logs under ``tmp``."""
+def graph_env(tmp: Path, domain_base: int = 110, domains: int = 80) -> dict[str, str]:
+    """A test's private ROS graph: its own domain id (pid-derived in [domain_base, domain_base + domains)),
+    localhost discovery, logs under ``tmp``."""
     env = dict(os.environ)
-    env.update(ROS_DOMAIN_ID=str(os.getpid() % 80 + 110), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               ROS_HOME=str(tmp), ROS_LOG_DIR=str(tmp / "log"), PYTHONUNBUFFERED="1",
+    env.update(ROS_DOMAIN_ID=str(os.getpid() % domains + domain_base),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_HOME=str(tmp), ROS_LOG_DIR=str(tmp / "log"),
+               PYTHONUNBUFFERED="1",
                MUJOCO_GL=env.get("MUJOCO_GL", "osmesa"))
     env["AMENT_PREFIX_PATH"] = os.pathsep.join(p for p in (sys.prefix, env.get("AMENT_PREFIX_PATH", "")) if p)
     return env

@@ -357,3 +357,29 @@ def test_select_best_deploys_the_snapshot_of_lowest_training_cost(tmp_path: Path
     assert fields["deployed_policy_iteration"] == best
     np.testing.assert_allclose(fields["deployed_policy_held_out_tip_distance"],
                                history[best]["policy_held_out_tip_distance"], atol=1e-12)
+
+
+def test_select_on_validation_scores_the_validation_rollouts(tmp_path: Path, env: MujocoEnv) -> None:
+    from mbpl_core.costs import quadratic_cost_model
+
+    config = replace(GPS, select_best=True, select_on="validation")
+    graph = InProcessGraph(env, tmp_path)
+    with pytest.raises(ConfigError, match="validation"):
+        GPSHooks(tmp_path, config, env.num_conditions, env.layout, env.dU, graph, 0.02, cost=graph.cost,
+                 kl=ALGO.kl)
+    sink: list[str] = []
+    # the training set stands in for the validation set: its rollouts are known independently
+    hooks = GPSHooks(tmp_path, config, env.num_conditions, env.layout, env.dU, graph, 0.02,
+                     log=sink.append, cost=graph.cost, kl=ALGO.kl, validation_env=env)
+    settings = LoopSettings(env.num_conditions, 3, ALGO.samples_per_condition, seed=3)
+    loop = TrainerLoop(tmp_path, settings, graph, graph.cost, env.layout, hooks, log=sink.append)
+    history = loop.run().history
+    for i, record in enumerate(history):
+        hooks.load_s_step(i)
+        policy = NumpyPolicy(policy_to_params(hooks.policy))
+        want = [float(quadratic_cost_model(graph.cost, env.sample(policy, m, None))[0].sum())
+                for m in range(env.num_conditions)]
+        np.testing.assert_allclose(record["policy_validation_cost"], want, rtol=1e-12)
+        assert len(record["policy_validation_success"]) == env.num_conditions
+    scores = [np.mean(r["policy_validation_cost"]) for r in history]
+    assert history[-1]["deployed_policy_iteration"] == int(np.argmin(scores))

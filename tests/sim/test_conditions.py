@@ -65,3 +65,24 @@ def test_initial_qs_count_must_match() -> None:
     cset = ConditionSetConfig(positions=((0.0, 0.0, 0.0),), initial_qs=((0.0,), (1.0,)))
     with pytest.raises(ConfigError, match=r"initial_qs: 2 entries for 1 conditions"):
         build_conditions(TaskConfig(conditions=cset), "train", 1)
+
+
+def test_peg_validation_positions_are_apart_from_training_and_held_out(shipped_experiments: dict) -> None:
+    """gps.select_on: validation chooses the deployed snapshot on positions neither trained on nor tested."""
+    from dataclasses import replace
+
+    from mbpl_sim.env import MujocoEnv
+
+    experiment = shipped_experiments["arm7_peg"]
+    sets = {name: np.array([c.position for c in experiment.conditions(name)])
+            for name in ("train", "held_out", "validation")}
+    assert len(sets["validation"]) == 16
+    for other in ("train", "held_out"):
+        gaps = np.linalg.norm(sets["validation"][:, None] - sets[other][None], axis=2)
+        assert gaps.min() > 1e-3, f"a validation position coincides with a {other} one"
+    assert MujocoEnv(experiment, "validation").num_conditions == 16
+    with pytest.raises(ConfigError, match="condition_set"):
+        MujocoEnv(experiment, "test")  # type: ignore[arg-type]
+    no_validation = replace(experiment, method="mdgps", task=replace(experiment.task, validation=None))
+    with pytest.raises(ConfigError, match="task.validation"):
+        no_validation.check_sections()

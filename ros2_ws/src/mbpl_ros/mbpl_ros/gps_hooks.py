@@ -139,16 +139,19 @@ class GPSHooks(Hooks):
     policies and runs evaluation trials; threshold: success distance of the tip (m); held_out_env:
     in-process environment of the held-out conditions (None: no held-out evaluation); max_attempts:
     per evaluation trial; cost: the experiment's cost (step rule, select_best); kl: ``algorithm.kl``
-    (the step multiplier's bounds). Raises ConfigError for gps.sample_on_policy (the graph samples the
-    LG controllers only).
+    (the step multiplier's bounds); validation_env: in-process environment of the validation conditions
+    (gps.select_on "validation"). Raises ConfigError for gps.sample_on_policy (the graph samples the LG
+    controllers only).
     """
 
     def __init__(self, run_dir: str | Path, config: GPSConfig, num_conditions: int, layout: StateLayout,
                  dU: int, channel: PolicyChannel, threshold: float, held_out_env: Environment | None = None,
                  max_attempts: int = 5, log: Callable[[str], Any] = print, *, cost: Cost,
-                 kl: KLStepConfig) -> None:
+                 kl: KLStepConfig, validation_env: Environment | None = None) -> None:
         if config.sample_on_policy:
             raise ConfigError("gps.sample_on_policy is not supported by the node graph (use mbpl train)")
+        if config.select_best and config.select_on == "validation" and validation_env is None:
+            raise ConfigError("gps.select_on: validation needs task.validation conditions")
         if num_conditions < 1 or max_attempts < 1:
             raise ValueError(f"need num_conditions >= 1 and max_attempts >= 1, got {num_conditions}, "
                              f"{max_attempts}")
@@ -157,7 +160,7 @@ class GPSHooks(Hooks):
         self.dX, self.dU = dX, dU = layout.dX, dU
         self.channel, self.threshold, self.held_out_env = channel, float(threshold), held_out_env
         self.max_attempts, self.log = max_attempts, log
-        self.cost, self.kl = cost, kl
+        self.cost, self.kl, self.validation_env = cost, kl, validation_env
         self.session = 0
         # (iteration, dynamics, quadratic cost models, mean sampled costs) of this iteration's C-step
         self._models: tuple[int, list[LinearDynamics], list[Any], list[float]] | None = None
@@ -257,8 +260,8 @@ class GPSHooks(Hooks):
     def on_start(self, state: TrainerState) -> None:
         """Remember the session (trial ids); after a restart, load and publish the newest policy again."""
         self.session = state.session
-        scored = [(float(np.mean(r["policy_train_cost"])), i) for i, r in enumerate(state.history)
-                  if "policy_train_cost" in r]
+        key = self._selection_key
+        scored = [(float(np.mean(r[key])), i) for i, r in enumerate(state.history) if key in r]
         self.best = min(scored) if self.config.select_best and scored else None
         latest = min(self.latest_s_step(), state.completed_iterations)
         if latest >= 0:
@@ -410,6 +413,11 @@ class GPSHooks(Hooks):
         self.log(f"GPS: S-step of iteration {iteration}: loss {record.loss_before:.4g} → "
                  f"{record.loss_after:.4g} in {record.seconds:.1f} s")
 
+    @property
+    def _selection_key(self) -> str:
+        """The history field whose mean gps.select_best minimises."""
+        return "policy_validation_cost" if self.config.select_on == "validation" else "policy_train_cost"
+
     def after_iteration(self, iteration: int, record: dict[str, Any]) -> dict[str, Any]:
         """Policy evaluation: tip distances and success on training (graph) and held-out (in-process) sets."""
         self.load_s_step(iteration)
@@ -429,11 +437,20 @@ class GPSHooks(Hooks):
             rollouts = policy_rollouts(self.held_out_env, self.numpy_policy, conditions)
             held_out = tip_distances(self.layout, rollouts)
             out.update(self._success_fields("policy_held_out", held_out))
-        out.update(self.deploy(iteration, float(np.mean(train_cost)), out))
+        if self.config.select_best and self.config.select_on == "validation":
+            assert self.validation_env is not None  # checked in __init__
+            rollouts = policy_rollouts(self.validation_env, self.numpy_policy,
+                                       range(self.validation_env.num_conditions))
+            out["policy_validation_cost"] = [float(quadratic_cost_model(self.cost, b)[0].sum())
+                                             for b in rollouts]
+            out.update(self._success_fields("policy_validation", tip_distances(self.layout, rollouts)))
+        score = float(np.mean(out[self._selection_key])) if self.config.select_best else float("nan")
+        out.update(self.deploy(iteration, score, out))
         return out
 
     def deploy(self, iteration: int, score: float, out: dict[str, Any]) -> dict[str, Any]:
-        """gps.select_best: keep the snapshot of lowest training cost as the checkpoint's policy.npz.
+        """gps.select_best: keep the snapshot of lowest selection cost (noiseless, on the training or the
+        validation conditions: gps.select_on) as the checkpoint's policy.npz.
 
         Returns the history fields of the deployed policy: its iteration and held-out figures.
         """
@@ -500,7 +517,10 @@ def build_gps_hooks(experiment: ExperimentConfig, run_dir: str | Path, channel: 
     from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD
 
     config = from_dict(GPSConfig, dict(experiment.gps or {}), "gps")
+    from mbpl_sim.training import validation_env
+
     held_out = MujocoEnv(experiment, condition_set="held_out") if experiment.conditions("held_out") else None
     threshold = DEFAULT_SUCCESS_THRESHOLD.get(experiment.task.scene, 0.02)
     return GPSHooks(run_dir, config, len(experiment.conditions("train")), experiment.layout,
-                    experiment.robot.dQ, channel, threshold, held_out, max_attempts, log, cost=cost, kl=kl)
+                    experiment.robot.dQ, channel, threshold, held_out, max_attempts, log, cost=cost, kl=kl,
+                    validation_env=validation_env(experiment, config))
