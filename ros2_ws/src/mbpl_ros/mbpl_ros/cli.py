@@ -5,8 +5,8 @@
 * ``mbpl train CONFIG [--set key=value ...] [--iterations N] [--run-dir DIR]`` —
   LQR-FLM or MDGPS in one process over the MuJoCo environment (no ROS), the way algorithms are
   benchmarked and debugged.
-* ``mbpl eval CONFIG --policy CHECKPOINT [--conditions held_out|train] [--render] [--graph]`` — roll a
-  saved policy out in simulation (no trainer needed) and report success and final distances; with
+* ``mbpl eval CONFIG --policy CHECKPOINT [--conditions held_out|train|validation] [--render] [--graph]``
+  — roll a saved policy out in simulation (no trainer needed) and report success and final distances; with
   ``--graph`` through the ROS 2 nodes instead: the sim node and the sampler alone, the sampler loading
   the checkpoint (numpy only) and running one noiseless RunTrial(policy_kind="policy") per condition.
 
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=int, default=None, help="default: algorithm.iterations")
     ev = sub.choices["eval"]
     ev.add_argument("--policy", required=True, help="policy checkpoint folder (or its policy.npz)")
-    ev.add_argument("--conditions", default="held_out", choices=["held_out", "train"],
+    ev.add_argument("--conditions", default="held_out", choices=["held_out", "train", "validation"],
                     help="condition set (default held_out)")
     ev.add_argument("--only", type=int, nargs="+", default=None, help="condition indices (default: all)")
     ev.add_argument("--threshold", type=float, default=None,

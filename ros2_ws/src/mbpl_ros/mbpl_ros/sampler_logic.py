@@ -49,6 +49,7 @@ from mbpl_ros.rt_loop import NS_PER_S, DeadlineLoop, LoopStats, TickInfo
 from mbpl_sim.experiment import ExperimentConfig
 from mbpl_sim.kinematics import EndEffectorKinematics
 from mbpl_sim.robot import load_robot_spec
+from mbpl_sim.task import CONDITION_SETS
 
 POLICY_KINDS = ("lg", "policy")
 MODES = ("lockstep", "realtime")
@@ -77,7 +78,7 @@ class SamplerParams:
     policy_checkpoint: str = param(
         "policy checkpoint (folder or policy.npz) deployed at start as policy 0; empty: wait for mbpl/policy",
         "")
-    condition_set: str = param('conditions RunTrial indexes: "train" or "held_out" (policy evaluation)',
+    condition_set: str = param('conditions RunTrial indexes: "train", "held_out" or "validation"',
                                "train")
     gil_switch_interval: float = param(
         "realtime mode: seconds another thread may keep Python's GIL once the control thread wants it "
@@ -100,8 +101,8 @@ class SamplerParams:
         for name in ("rate_hz", "hold_kp", "hold_kd"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"sampler: {name} must be >= 0, got {getattr(self, name)}")
-        if self.condition_set not in ("train", "held_out"):
-            raise ConfigError(f"sampler: condition_set must be 'train' or 'held_out', got "
+        if self.condition_set not in CONDITION_SETS:
+            raise ConfigError(f"sampler: condition_set must be one of {CONDITION_SETS}, got "
                               f"{self.condition_set!r}")
         if self.max_queued_trials < 0 or self.controller_history < 1:
             raise ConfigError("sampler: max_queued_trials must be >= 0 and controller_history >= 1, got "

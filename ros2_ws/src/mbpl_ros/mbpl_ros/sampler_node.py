@@ -76,9 +76,9 @@ class SamplerNode(Node):
             sys.setswitchinterval(self.params.gil_switch_interval)
         experiment = load_experiment(self.params.config)
         setup = RobotSetup.from_experiment(experiment)
-        if self.params.condition_set == "held_out":  # evaluation of a policy on targets never trained on
-            held_out = experiment.conditions("held_out")
-            setup = replace(setup, targets=tuple(experiment.target_points(c) for c in held_out))
+        if self.params.condition_set != "train":  # evaluation of a policy on targets never trained on
+            others = experiment.conditions(self.params.condition_set)  # type: ignore[arg-type]
+            setup = replace(setup, targets=tuple(experiment.target_points(c) for c in others))
         self.joint_order = conversions.JointOrder(setup.joint_names)
         self._command_pub = self.create_publisher(
             Float64MultiArray, f"{self.params.controller}/commands", COMMAND_QOS)

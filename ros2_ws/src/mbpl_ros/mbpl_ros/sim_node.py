@@ -51,6 +51,7 @@ from mbpl_ros import conversions
 from mbpl_ros.params import declare_parameters, param
 from mbpl_sim.env import MujocoEnv, SimulationError
 from mbpl_sim.experiment import load_experiment
+from mbpl_sim.task import CONDITION_SETS
 
 STATE_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -67,7 +68,7 @@ class SimNodeParams:
     controller: str = param("commands arrive on <controller>/commands", "effort_controller")
     realtime_rate: float = param("realtime mode: env steps per wall-clock second; 0 = 1/dt (real time)", 0.0)
     initial_condition: int = param("condition the simulation is reset to at start-up", 0)
-    condition_set: str = param('conditions reset_sim indexes: "train" or "held_out" (policy evaluation)',
+    condition_set: str = param('conditions reset_sim indexes: "train", "held_out" or "validation"',
                                "train")
     publish_clock: bool = param("lockstep mode: publish sim time on /clock", True)
     diagnostics_period: float = param("seconds between diagnostics messages", 1.0)
@@ -81,8 +82,8 @@ class SimNodeParams:
             raise ConfigError(f"sim node: invalid controller name {self.controller!r}")
         if not np.isfinite(self.realtime_rate) or self.realtime_rate < 0:
             raise ConfigError(f"sim node: realtime_rate must be >= 0, got {self.realtime_rate}")
-        if self.condition_set not in ("train", "held_out"):
-            raise ConfigError(f"sim node: condition_set must be 'train' or 'held_out', got "
+        if self.condition_set not in CONDITION_SETS:
+            raise ConfigError(f"sim node: condition_set must be one of {CONDITION_SETS}, got "
                               f"{self.condition_set!r}")
         if self.initial_condition < 0:
             raise ConfigError(f"sim node: initial_condition must be >= 0, got {self.initial_condition}")
@@ -107,7 +108,7 @@ class SimCounters:
 
 
 def load_env(config_path: str, condition_set: str = "train") -> MujocoEnv:
-    """MujocoEnv of an experiment file on its training (or held-out) conditions."""
+    """MujocoEnv of an experiment file on its training (or held-out, or validation) conditions."""
     return MujocoEnv(load_experiment(config_path), condition_set=condition_set)
 
 
