@@ -27,12 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_mdgps_peg_insertion_learns_in_a_few_iterations() -> None:
     from mbpl_sim.env import MujocoEnv
     from mbpl_sim.experiment import load_experiment
+    from mbpl_sim.training import validation_env
 
     exp = load_experiment(REPO / "configs/arm7_peg.yaml")
     train, held_out = MujocoEnv(exp), MujocoEnv(exp, "held_out")
     cost = build_cost(from_dict(CostConfig, exp.cost), exp.layout, train.dU)
-    mdgps = MDGPS(train, cost, from_dict(AlgorithmConfig, exp.algorithm), from_dict(GPSConfig, exp.gps),
-                  eval_env=held_out, eval_cost=cost)
+    gps_config = from_dict(GPSConfig, exp.gps)
+    mdgps = MDGPS(train, cost, from_dict(AlgorithmConfig, exp.algorithm), gps_config, eval_env=held_out,
+                  eval_cost=cost, select_env=validation_env(exp, gps_config))
     untrained = float(np.mean(evaluate_policy(held_out, mdgps.numpy_policy)))
     reports = mdgps.run(ITERATIONS)
     assert np.mean(reports[-1].lg_cost) < 0.3 * np.mean(reports[0].lg_cost)
