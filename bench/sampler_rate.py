@@ -190,7 +190,8 @@ def _pcts(values: list[float]) -> tuple[float, float]:
     return float(p50), float(p99)
 
 
-def bench_rate(workdir: Path, rate: float, gil_switch_interval: float | None = None) -> dict[str, Any]:
+def bench_rate(workdir: Path, rate: float, gil_switch_interval: float | None = None,
+               realtime_priority: int = 0) -> dict[str, Any]:
     experiment = write_experiment(workdir, rate)
     setup = RobotSetup.from_experiment(load_experiment(experiment))
     q0 = np.asarray(load_experiment(experiment).conditions("train")[0].initial_q)
@@ -200,6 +201,7 @@ def bench_rate(workdir: Path, rate: float, gil_switch_interval: float | None = N
              start_node(workdir, "mbpl_ros.sampler_node", "sampler",
                         {"config": str(experiment), "mode": "realtime", "rate_hz": rate,
                          "state_timeout": 0.5, "diagnostics_period": 0.5,
+                         "realtime_priority": realtime_priority,
                          **({} if gil_switch_interval is None else
                             {"gil_switch_interval": gil_switch_interval})})]
     context = rclpy.Context()
@@ -216,7 +218,9 @@ def bench_rate(workdir: Path, rate: float, gil_switch_interval: float | None = N
         samples = run_trials(node, executor, obs)
         n_diag = len(obs.diagnostics)
         spin_until(executor, lambda: len(obs.diagnostics) > n_diag, 5.0, "fresh diagnostics")
-        return {**summarize(rate, samples, obs), "gil_switch_interval": gil_switch_interval}
+        return {**summarize(rate, samples, obs), "gil_switch_interval": gil_switch_interval,
+                "realtime_priority": realtime_priority,
+                "control_scheduling": obs.diagnostics[-1].get("control_scheduling", "")}
     finally:
         executor.shutdown()
         node.destroy_node()
@@ -256,15 +260,20 @@ def main() -> None:
     parser.add_argument("--gil-switch-interval", type=float, nargs="+", default=[None],
                         help="sampler gil_switch_interval values (s) to compare in one run; default: the "
                              "node's default")
+    parser.add_argument("--realtime-priority", type=int, nargs="+", default=[50],
+                        help="sampler realtime_priority values (SCHED_FIFO 1-99, 0: normal) to compare")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mbpl-sampler-bench-") as tmp:
-        results = [bench_rate(Path(tmp), rate, gil) for gil in args.gil_switch_interval for rate in RATES]
-    header = (f"{'gil s':>7} {'rate':>6} {'achieved':>9} {'misses':>7} {'jit50':>7} {'jit99':>8} "
+        results = [bench_rate(Path(tmp), rate, gil, prio) for prio in args.realtime_priority
+                   for gil in args.gil_switch_interval for rate in RATES]
+    header = (f"{'prio':>4} {'gil s':>7} {'rate':>6} {'achieved':>9} {'misses':>7} {'jit50':>7} {'jit99':>8} "
               f"{'cmp50':>7} {'cmp99':>7} {'age50':>7} {'age99':>8} {'rt50':>7} {'rt99':>8}  (µs)")
     print(header)
     for r in results:
         gil = "default" if r["gil_switch_interval"] is None else f"{r['gil_switch_interval']:g}"
-        print(f"{gil:>7} {r['rate_hz']:6.0f} {r['achieved_rate_hz']:9.1f} {r['deadline_misses_total']:7d} "
+        prio = r["realtime_priority"] if r["control_scheduling"].startswith("SCHED_FIFO") else 0
+        print(f"{prio:>4} {gil:>7} {r['rate_hz']:6.0f} {r['achieved_rate_hz']:9.1f} "
+              f"{r['deadline_misses_total']:7d} "
               f"{r['period_jitter_p50_us']:7.0f} {r['period_jitter_p99_us']:8.0f} {r['compute_p50_us']:7.0f} "
               f"{r['compute_p99_us']:7.0f} {r['state_age_p50_us']:7.0f} {r['state_age_p99_us']:8.0f} "
               f"{r['round_trip_p50_us']:7.0f} {r['round_trip_p99_us']:8.0f}")

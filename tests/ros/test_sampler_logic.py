@@ -328,7 +328,8 @@ def test_trial_noise_is_the_seeded_generator_noise() -> None:
     [({"config": ""}, "'config'"), ({"mode": "fast"}, "mode must be one of"),
      ({"state_timeout": 0.0}, "state_timeout"), ({"rate_hz": -1.0}, "rate_hz"),
      ({"controller": "a b"}, "controller name"), ({"controller_history": 0}, "controller_history"),
-     ({"gil_switch_interval": 0.0}, "gil_switch_interval"), ({"condition_set": "test"}, "condition_set")],
+     ({"gil_switch_interval": 0.0}, "gil_switch_interval"), ({"condition_set": "test"}, "condition_set"),
+     ({"realtime_priority": 100}, "realtime_priority")],
 )
 def test_sampler_params_validation(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -379,6 +380,32 @@ def test_deadline_loop_stops_on_a_tick_error() -> None:
     loop = DeadlineLoop(1e-3, tick, clock=clock, sleep_until=clock.sleep_until)
     loop.run(max_ticks=10)
     assert isinstance(loop.error, RuntimeError) and loop.stats.ticks == 2
+
+
+def test_deadline_loop_reports_the_scheduling_its_thread_really_has() -> None:
+    import os
+
+    seen: list[int] = []
+    done = threading.Event()
+
+    def tick(info: TickInfo) -> None:
+        seen.append(os.sched_getscheduler(0))  # the loop thread's own policy
+        if len(seen) >= 3:
+            done.set()
+
+    loop = DeadlineLoop(1e-3, tick, priority=10)
+    loop.start()
+    try:
+        assert done.wait(5.0)
+    finally:
+        loop.stop()
+    if loop.scheduling == "SCHED_FIFO 10":
+        assert set(seen) == {os.SCHED_FIFO}
+    else:  # no permission here: the loop says so and runs at normal priority
+        assert loop.scheduling.startswith("normal (SCHED_FIFO 10 refused") and os.SCHED_FIFO not in seen
+    assert os.sched_getscheduler(0) != os.SCHED_FIFO  # the caller's thread is left alone
+    with pytest.raises(ValueError, match="priority"):
+        DeadlineLoop(1e-3, tick, priority=100)
 
 
 def test_loop_stats_rate_and_jitter_of_a_known_schedule() -> None:

@@ -16,6 +16,7 @@ report period jitter |Δt_start − period|, start lateness and compute time per
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -103,6 +104,10 @@ class DeadlineLoop:
     ``clock`` (ns) and ``sleep_until`` are injectable so tests can drive the loop on a fake clock;
     ``sleep_until(deadline_ns, stop)`` must return early when ``stop`` is set. An exception in ``tick``
     stops the loop and is kept in :attr:`error` (the owner decides what a dead control loop means).
+
+    ``priority`` 1–99 asks for SCHED_FIFO at that priority for the loop thread alone (as ros2_control's
+    controller manager does; needs root or CAP_SYS_NICE); refused, the loop runs at normal priority and
+    :attr:`scheduling` says why. 0 keeps normal scheduling.
     """
 
     def __init__(
@@ -113,9 +118,15 @@ class DeadlineLoop:
         miss_tolerance_s: float | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         sleep_until: Callable[[int, threading.Event], None] | None = None,
+        priority: int = 0,
     ) -> None:
         if not np.isfinite(period_s) or period_s <= 0:
             raise ValueError(f"period_s must be a positive number of seconds, got {period_s}")
+        if not 0 <= priority <= 99:
+            raise ValueError(f"priority must be in [0, 99], got {priority}")
+        self.priority = int(priority)
+        self.scheduling = "normal"  # set by the loop thread when it starts
+        self.started = threading.Event()
         self.period_ns = int(round(period_s * NS_PER_S))
         tolerance = 0.5 * period_s if miss_tolerance_s is None else miss_tolerance_s
         self.miss_tolerance_ns = int(round(tolerance * NS_PER_S))
@@ -125,7 +136,7 @@ class DeadlineLoop:
         self.stats = LoopStats(self.period_ns)
         self.error: BaseException | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.run, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._thread_main, name=name, daemon=True)
 
     def _default_sleep_until(self, deadline_ns: int, stop: threading.Event) -> None:
         delay = deadline_ns - self._clock()
@@ -135,6 +146,16 @@ class DeadlineLoop:
     def start(self) -> None:
         """Start the loop thread; the first tick is one period from now."""
         self._thread.start()
+
+    def _thread_main(self) -> None:
+        if self.priority:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.priority))  # this thread only
+                self.scheduling = f"SCHED_FIFO {self.priority}"
+            except (OSError, AttributeError) as err:  # no permission, or a platform without it
+                self.scheduling = f"normal (SCHED_FIFO {self.priority} refused: {err})"
+        self.started.set()
+        self.run()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the loop to end and wait up to ``timeout`` s for the thread."""

@@ -83,6 +83,10 @@ class SamplerParams:
     gil_switch_interval: float = param(
         "realtime mode: seconds another thread may keep Python's GIL once the control thread wants it "
         "(sys.setswitchinterval; Python's 0.005 delays control ticks by up to 5 ms)", 1.0e-4)
+    realtime_priority: int = param(
+        "realtime mode: SCHED_FIFO priority 1-99 of the control thread (needs root or CAP_SYS_NICE; "
+        "refused: logged, normal priority, as ros2_control's controller manager does); 0: normal scheduling",
+        50)
 
     def __post_init__(self) -> None:
         if not self.config:
@@ -98,6 +102,8 @@ class SamplerParams:
         if not 0 < self.gil_switch_interval <= 0.1:
             raise ConfigError("sampler: gil_switch_interval must be in (0, 0.1] s, got "
                               f"{self.gil_switch_interval}")
+        if not 0 <= self.realtime_priority <= 99:
+            raise ConfigError(f"sampler: realtime_priority must be in [0, 99], got {self.realtime_priority}")
         for name in ("rate_hz", "hold_kp", "hold_kd"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"sampler: {name} must be >= 0, got {getattr(self, name)}")
@@ -531,7 +537,10 @@ class Sampler:
         self._active: _ActiveTrial | None = None
         self._hold = SafeHold(params.hold_kp, params.hold_kd, setup.effort_limits)
         self._stop = threading.Event()
-        self.loop = DeadlineLoop(self.period_s, self.tick, name="sampler_rt") if self.realtime else None
+        self.loop = None
+        if self.realtime:
+            self.loop = DeadlineLoop(self.period_s, self.tick, name="sampler_rt",
+                                     priority=params.realtime_priority)
         self.step_stats = self.loop.stats if self.loop else LoopStats(int(round(self.period_s * NS_PER_S)))
         self.state_age_us = Percentiles()
         self._worker = threading.Thread(target=self.serve, name="sampler_worker", daemon=True)
@@ -545,6 +554,9 @@ class Sampler:
         self._worker.start()
         if self.loop is not None:
             self.loop.start()
+            if self.loop.priority and self.loop.started.wait(5.0):
+                level = "warn" if self.loop.scheduling.startswith("normal") else "info"
+                self.io.log(level, f"control thread scheduling: {self.loop.scheduling}")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker and the control loop (a running trial is aborted and not published)."""
@@ -808,6 +820,7 @@ class Sampler:
                    "queued_trials": len(self._queue), "running_trial": self._running_id}
         if self.loop is not None:
             values["control_loop"] = "running" if self.loop.running else f"stopped: {self.loop.error!r}"
+            values["control_scheduling"] = self.loop.scheduling
         loop_dead = self.loop is not None and self.loop.error is not None
         ok = not (c.messages_rejected or c.trials_aborted or self.step_stats.deadline_misses or loop_dead)
         message = (f"{self.params.mode}: {c.trials_completed} trials done, {c.trials_aborted} aborted, "
