@@ -102,14 +102,17 @@ class GaussianMixture:
             chol_inv[k] = scipy.linalg.lapack.dtrtri(chol[k], lower=1)[0]
         # z_pk = L_k⁻¹ (y_p − μ_k) for all clusters through one (P, D) × (D, K·D) GEMM: far faster than K
         # small products on one BLAS thread.
-        stacked = np.swapaxes(chol_inv, 1, 2).transpose(1, 0, 2).reshape(D, K * D)
         # Centring on the cluster means' centre keeps x·L⁻¹ − μ·L⁻¹ free of cancellation for offset data.
+        # The means enter the same GEMM through a column of ones: [y − c, 1] [[L⁻ᵀ], [−(L⁻¹ (μ − c))ᵀ]].
         centre = self.mu.mean(axis=0)
-        if fast:
-            z = ((data - centre).astype(np.float32) @ stacked.astype(np.float32)).reshape(-1, K, D)
-        else:
-            z = ((data - centre) @ stacked).reshape(-1, K, D)
-        z -= np.einsum("kij,kj->ki", chol_inv, self.mu - centre)[None].astype(z.dtype)
+        dtype = np.float32 if fast else np.float64
+        stacked = np.empty((D + 1, K * D), dtype=dtype)
+        stacked[:D] = np.swapaxes(chol_inv, 1, 2).transpose(1, 0, 2).reshape(D, K * D)
+        stacked[D] = -np.einsum("kij,kj->ki", chol_inv, self.mu - centre).reshape(K * D)
+        shifted = np.empty((data.shape[0], D + 1), dtype=dtype)
+        shifted[:, :D] = data - centre
+        shifted[:, D] = 1.0
+        z = (shifted @ stacked).reshape(-1, K, D)
         maha = np.einsum("pkd,pkd->pk", z, z).astype(np.float64)
         logdet = 2.0 * np.sum(np.log(np.diagonal(chol, axis1=1, axis2=2)), axis=1)
         out = -0.5 * (maha + logdet[None, :] + D * _LOG_2PI) + self.logmass[None, :]

@@ -47,6 +47,20 @@ def test_log_joint_matches_scipy_densities() -> None:
         axis=1,
     )
     np.testing.assert_allclose(gmm.log_joint(data), expected, rtol=1e-10, atol=1e-8)
+    # the float32 whitening product EM uses: the log-densities agree to single precision
+    np.testing.assert_allclose(gmm.log_joint(data, fast=True), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_log_joint_is_exact_for_data_far_from_the_origin() -> None:
+    rng = np.random.default_rng(3)
+    data, labels = _clustered(rng, 40)
+    offset = np.array([1.0e4, -2.0e4, 5.0e3])
+    near, far = GaussianMixture(), GaussianMixture()
+    near.fit(data, 3, init_labels=labels)
+    far.fit(data + offset, 3, init_labels=labels)
+    for fast, rtol in ((False, 1e-8), (True, 1e-4)):
+        np.testing.assert_allclose(far.log_joint(data + offset, fast=fast), near.log_joint(data), rtol=rtol,
+                                   atol=1e-3)
 
 
 def test_em_log_likelihood_never_decreases() -> None:
