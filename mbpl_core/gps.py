@@ -56,6 +56,7 @@ from mbpl_core.policy import (
 from mbpl_core.traj_opt import (
     ConditionOptimizer,
     KLSearchError,
+    KLStepConfig,
     UpdateInfo,
     adapt_step_mult,
     total_expected_cost,
@@ -559,6 +560,60 @@ def mdgps_step_mult(step_mult: float, previous: float, predicted: float, actual:
     return adapt_step_mult(step_mult, previous, predicted, actual, min_step_mult, max_step_mult)
 
 
+def mdgps_step_mults(step_mults: Sequence[float], records: Sequence[CStepRecord],
+                     references: Sequence[LinearGaussianController],
+                     models: Sequence[tuple[LinearDynamics, QuadraticCost]], sample_costs: Sequence[float],
+                     config: GPSConfig, kl: KLStepConfig) -> list[float]:
+    """MDGPS step rule (GPS ``AlgorithmMDGPS._stepadjust``): each condition's new step multiplier.
+
+    Per condition m: previous = E[c] of the last reference π̄ under the last model, predicted = E[c] of the
+    LG controller that C-step produced under the same model, actual = E[c] of today's reference (the
+    policy linearised at today's samples) under today's model (or sampled costs: config.step_estimate
+    "mc", see :func:`mdgps_step_costs`). The policy's actual improvement, not the LG controller's, sets
+    the step; step_rule "global" averages the three over conditions. records, references, models
+    (dynamics, cost model) and sample_costs: one per condition, as step_mults.
+    """
+    rows = zip(records, references, models, sample_costs, strict=True)
+    costs = np.array([mdgps_step_costs(rec, ref, dyn, quad, cost, config.step_estimate)
+                      for rec, ref, (dyn, quad), cost in rows])
+    if config.step_rule == "global":
+        costs = np.broadcast_to(costs.mean(axis=0), costs.shape)
+    return [mdgps_step_mult(s, previous, predicted, actual, kl.min_step_mult, kl.max_step_mult)
+            for s, (previous, predicted, actual) in zip(step_mults, costs, strict=True)]
+
+
+def s_step_update(policy: GaussianMLPPolicy, controllers: Sequence[LinearGaussianController],
+                  batches: Sequence[SampleBatch], config: GPSConfig, generator: torch.Generator,
+                  augment_rng: np.random.Generator) -> TrainReport:
+    """The MDGPS S-step in place on ``policy``: regression onto the LG controllers at the sampled states.
+
+    Targets: :func:`build_policy_targets` plus ``config.augment_copies`` perturbed copies
+    (:func:`perturbed_policy_targets`, drawn from ``augment_rng``); training: :func:`train_policy` with
+    ``generator``. With config.policy_ema = β > 0 (and a policy trained before):
+    θ ← β θ_before + (1 − β) θ_trained, an exponential moving average over S-steps.
+    """
+    obs_idx = policy.obs_indices.cpu().numpy()
+    controllers, batches = list(controllers), list(batches)
+    targets = build_policy_targets(controllers, batches, obs_idx)
+    if config.augment_copies:
+        extra = perturbed_policy_targets(controllers, batches, obs_idx, config.augment_copies,
+                                         config.augment_scale, augment_rng)
+        targets = PolicyTargets(*(np.concatenate([getattr(targets, name), getattr(extra, name)])
+                                  for name in ("obs", "target_mu", "target_prec")))
+    before = None
+    if config.policy_ema > 0 and bool(policy.normalization_fitted):
+        # Refit first (function-preserving, idempotent in train_policy) so that θ_before and θ_trained
+        # share one observation scaling and their average is meaningful.
+        policy.fit_normalization(targets.obs, refit=config.refit_normalization)
+        before = [p.detach().clone() for p in policy.parameters()]
+    report = train_policy(policy, targets.obs, targets.target_mu, targets.target_prec, config, generator)
+    if before is not None:
+        with torch.no_grad():
+            for old, p in zip(before, policy.parameters(), strict=True):
+                p.mul_(1.0 - config.policy_ema).add_(old, alpha=config.policy_ema)
+    return report
+
+
 class MDGPS:
     """MDGPS in one process (module docstring; Montgomery & Levine 2016, Alg. 2).
 
@@ -671,25 +726,15 @@ class MDGPS:
     def _adapt_step(self, models: Sequence[tuple[LinearDynamics, QuadraticCost]],
                     references: Sequence[LinearGaussianController | None],
                     sample_costs: Sequence[float]) -> None:
-        """MDGPS step rule (GPS ``AlgorithmMDGPS._stepadjust``) from the last iteration's C-step records.
-
-        Per condition: previous = E[c] of the last reference π̄ under the last model, predicted = E[c] of the
-        LG controller that C-step produced under the same model, actual = E[c] of today's reference (the
-        policy after its S-step, linearised at today's samples) under today's model. The policy's actual
-        improvement, not the LG controller's, sets the step: "global" averages the three over conditions.
-        """
+        """:func:`mdgps_step_mults` from the last iteration's C-step records onto the optimizers (none before
+        the first C-step or while a condition has no policy reference)."""
         if self._records is None or any(r is None for r in references):
             return
-        estimate = self.gps_config.step_estimate
-        rows = zip(self._records, references, models, sample_costs, strict=True)
-        costs = np.array([mdgps_step_costs(rec, ref, dyn, quad, cost, estimate)  # type: ignore[arg-type]
-                          for rec, ref, (dyn, quad), cost in rows])
-        if self.gps_config.step_rule == "global":
-            costs = np.broadcast_to(costs.mean(axis=0), costs.shape)
-        kl = self.config.kl
-        for opt, (previous, predicted, actual) in zip(self.lg.optimizers, costs, strict=True):
-            opt.step_mult = mdgps_step_mult(opt.step_mult, previous, predicted, actual,
-                                            kl.min_step_mult, kl.max_step_mult)
+        mults = mdgps_step_mults([opt.step_mult for opt in self.lg.optimizers], self._records,
+                                 references, models, sample_costs,  # type: ignore[arg-type]
+                                 self.gps_config, self.config.kl)
+        for opt, mult in zip(self.lg.optimizers, mults, strict=True):
+            opt.step_mult = mult
 
     def _c_step(self, batches: Sequence[SampleBatch]) -> tuple[list[UpdateInfo], tuple[float, ...]]:
         """Fit dynamics and cost models, adapt the step, then each condition's KL step against its reference.
@@ -740,29 +785,9 @@ class MDGPS:
         return centre, UpdateInfo(opt.config.max_eta, 0.0, epsilon, opt.step_mult, 0, cost)
 
     def s_step(self, batches: Sequence[SampleBatch]) -> TrainReport:
-        """Train the policy onto the current LG controllers at the sampled (and perturbed) states; refresh the
-        numpy copy. With gps.policy_ema = β > 0 (and a policy trained before):
-        θ ← β θ_before + (1 − β) θ_trained, an exponential moving average over S-steps."""
-        obs_idx = self.policy.obs_indices.cpu().numpy()
-        cfg = self.gps_config
-        targets = build_policy_targets(self.controllers, list(batches), obs_idx)
-        if cfg.augment_copies:
-            extra = perturbed_policy_targets(self.controllers, list(batches), obs_idx, cfg.augment_copies,
-                                             cfg.augment_scale, self.augment_rng)
-            targets = PolicyTargets(*(np.concatenate([getattr(targets, name), getattr(extra, name)])
-                                      for name in ("obs", "target_mu", "target_prec")))
-        before = None
-        if cfg.policy_ema > 0 and bool(self.policy.normalization_fitted):
-            # Refit first (function-preserving, idempotent in train_policy) so that θ_before and θ_trained
-            # share one observation scaling and their average is meaningful.
-            self.policy.fit_normalization(targets.obs, refit=cfg.refit_normalization)
-            before = [p.detach().clone() for p in self.policy.parameters()]
-        report = train_policy(self.policy, targets.obs, targets.target_mu, targets.target_prec,
-                              self.gps_config, self.torch_generator)
-        if before is not None:
-            with torch.no_grad():
-                for old, p in zip(before, self.policy.parameters(), strict=True):
-                    p.mul_(1.0 - cfg.policy_ema).add_(old, alpha=cfg.policy_ema)
+        """:func:`s_step_update` onto the current LG controllers; refreshes the numpy copy."""
+        report = s_step_update(self.policy, self.controllers, batches, self.gps_config, self.torch_generator,
+                               self.augment_rng)
         self._numpy_policy = NumpyPolicy(policy_to_params(self.policy))
         return report
 

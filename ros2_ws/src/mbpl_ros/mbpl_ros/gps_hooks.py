@@ -57,15 +57,11 @@ from mbpl_core.costs import Cost, quadratic_cost_model
 from mbpl_core.gps import (
     CStepRecord,
     GaussianMLPPolicy,
-    PolicyTargets,
-    build_policy_targets,
-    mdgps_step_costs,
-    mdgps_step_mult,
-    perturbed_policy_targets,
+    mdgps_step_mults,
     policy_rollouts,
     policy_to_params,
+    s_step_update,
     save_policy_checkpoint,
-    train_policy,
 )
 from mbpl_core.lqr_flm import Environment
 from mbpl_core.policy import (
@@ -311,14 +307,10 @@ class GPSHooks(Hooks):
         mults = [initial] * self.num_conditions if last is None else list(last["step_mults"])
         refs = [self.reference_for(iteration, m) for m in range(self.num_conditions)]
         if last is None or any(r is None for r in refs):
-            return list(mults)
-        rows = zip(last["records"], refs, dyns, quads, sample_costs, strict=True)
-        costs = np.array([mdgps_step_costs(rec, ref, dyn, quad, cost, self.config.step_estimate)
-                          for rec, ref, dyn, quad, cost in rows])
-        if self.config.step_rule == "global":
-            costs = np.broadcast_to(costs.mean(axis=0), costs.shape)
-        return [mdgps_step_mult(s, *c, self.kl.min_step_mult, self.kl.max_step_mult)
-                for s, c in zip(mults, costs, strict=True)]
+            return mults
+        models = list(zip(dyns, quads, strict=True))
+        return mdgps_step_mults(mults, last["records"], refs, models,  # type: ignore[arg-type]
+                                sample_costs, self.config, self.kl)
 
     def after_c_step(self, iteration: int, batches: Sequence[SampleBatch],
                      updates: Sequence[ControllerUpdate]) -> None:
@@ -372,40 +364,16 @@ class GPSHooks(Hooks):
         save_policy_checkpoint(self.run_dir / CHECKPOINT_FOLDER, self.policy, self.config)
         self.channel.publish_policy(policy_to_params(self.policy), policy_id(iteration))
 
-    def _targets(self, controllers: list[LinearGaussianController],
-                 batches: list[SampleBatch]) -> PolicyTargets:
-        """S-step targets at the samples, plus ``augment_copies`` perturbed copies (mbpl_core.gps)."""
-        obs_idx = self.policy.obs_indices.cpu().numpy()
-        targets = build_policy_targets(controllers, batches, obs_idx)
-        if not self.config.augment_copies:
-            return targets
-        extra = perturbed_policy_targets(controllers, batches, obs_idx, self.config.augment_copies,
-                                         self.config.augment_scale, self.augment_rng)
-        return PolicyTargets(*(np.concatenate([getattr(targets, name), getattr(extra, name)])
-                               for name in ("obs", "target_mu", "target_prec")))
-
     def _train(self, iteration: int, batches: Sequence[SampleBatch],
                controllers: list[LinearGaussianController]) -> None:
         """S-step of ``iteration`` from the policy of iteration − 1, saved before it is used.
 
-        As ``mbpl_core.gps.MDGPS.s_step``: with gps.policy_ema = β > 0 and a policy trained before,
-        θ ← β θ_before + (1 − β) θ_trained (after a function-preserving refit of the normalisation, so
-        both share one observation scaling).
+        The same update as ``mbpl_core.gps.MDGPS.s_step`` (:func:`mbpl_core.gps.s_step_update`).
         """
         self.load_s_step(iteration - 1)
         start = time.perf_counter()
-        targets = self._targets(controllers, list(batches))
-        ema = float(getattr(self.config, "policy_ema", 0.0))
-        before = None
-        if ema > 0 and bool(self.policy.normalization_fitted):
-            self.policy.fit_normalization(targets.obs, refit=self.config.refit_normalization)
-            before = [p.detach().clone() for p in self.policy.parameters()]
-        report = train_policy(self.policy, targets.obs, targets.target_mu, targets.target_prec, self.config,
-                              self.generator)
-        if before is not None:
-            with torch.no_grad():
-                for old, param in zip(before, self.policy.parameters(), strict=True):
-                    param.mul_(1.0 - ema).add_(old, alpha=ema)
+        report = s_step_update(self.policy, controllers, batches, self.config, self.generator,
+                               self.augment_rng)
         record = SStepRecord(iteration, report.loss_before, report.loss_after, report.iterations,
                              time.perf_counter() - start)
         self._save(record)
