@@ -31,8 +31,8 @@ import numpy as np
 
 from mbpl_core.config import from_dict
 from mbpl_core.costs import CostConfig, build_cost
-from mbpl_core.gps import MDGPS
-from mbpl_core.lqr_flm import AlgorithmConfig, Policy
+from mbpl_core.guided.mdgps import MDGPS
+from mbpl_core.local.lqr_flm import AlgorithmConfig, Policy
 from mbpl_core.policy import GPSConfig
 from mbpl_sim.env import MujocoEnv
 from mbpl_sim.experiment import load_experiment

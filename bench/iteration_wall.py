@@ -58,10 +58,10 @@ def replay_compute(run_dir: Path, iterations: int) -> list[dict[str, float]]:
 
     from mbpl_core.containers import SampleBatch
     from mbpl_core.costs import build_cost, quadratic_cost_model
-    from mbpl_core.dynamics import DynamicsFitter
-    from mbpl_core.init import initial_controller
+    from mbpl_core.local.dynamics import DynamicsFitter
+    from mbpl_core.local.init import initial_controller
+    from mbpl_core.local.traj_opt import ConditionOptimizer
     from mbpl_core.noise import generate_noise
-    from mbpl_core.traj_opt import ConditionOptimizer
     from mbpl_ros import conversions
     from mbpl_ros.node_params import load_settings
     from mbpl_ros.recording import SampleStore

@@ -23,14 +23,14 @@ import numpy as np
 
 from mbpl_core.containers import SampleBatch, StateLayout
 from mbpl_core.costs import CostConfig, EndEffectorCostConfig, build_cost
-from mbpl_core.dynamics import DynamicsFitConfig
-from mbpl_core.lqr_flm import LQRFLM, AlgorithmConfig, Policy
+from mbpl_core.local.dynamics import DynamicsFitConfig
+from mbpl_core.local.lqr_flm import LQRFLM, AlgorithmConfig, Policy
 
 T, DQ, N_POINTS, CONDITIONS, SAMPLES, KEPT = 100, 7, 2, 4, 5, 20
 
 
 class SyntheticArm:
-    """Stable linear stand-in for a 7-DoF arm; implements mbpl_core.lqr_flm.Environment."""
+    """Stable linear stand-in for a 7-DoF arm; implements mbpl_core.local.lqr_flm.Environment."""
 
     def __init__(self, rng: np.random.Generator, dt: float = 0.05, process_std: float = 0.01) -> None:
         self.T, self.dt, self.layout = T, dt, StateLayout(DQ, N_POINTS)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mbpl_core.blas import single_threaded_blas
-from mbpl_core.gps import (
+from mbpl_core.guided.mdgps import (
     GaussianMLPPolicy,
     GPSConfig,
     policy_to_params,

@@ -1,7 +1,7 @@
 """The deployable side of the global policy: config, numpy forward pass, linearisation, checkpoint loading.
 
 Nothing here imports torch, so a sampler on the robot can load and run a trained policy with numpy alone.
-The trainer side (torch module, S-step, MDGPS loop) lives in :mod:`mbpl_core.gps`.
+The trainer side (torch module, S-step, MDGPS loop) lives in :mod:`mbpl_core.guided.mdgps`.
 
 The policy is π(u | x) = N(f_θ((x[obs_indices] − obs_mean) / obs_std), action_covar), f_θ an MLP.
 Shapes: x (dX,), obs (dO,), u (dU,), action_covar (dU, dU); weights W_l (n_out, n_in), b_l (n_out,).
@@ -48,7 +48,8 @@ class GPSConfig:
     "before_c_step" (fit π to the controllers just sampled, at their own samples, then linearise it at those
     same states) | "after_c_step" (GPS: fit π to the new controllers at the previous controllers' samples);
     augment_copies, augment_scale: extra S-step targets per sample at states perturbed within the samples'
-    spread (× scale), labelled by the LG controllers (``mbpl_core.gps.perturbed_policy_targets``; 0: none).
+    spread (× scale), labelled by the LG controllers
+    (``mbpl_core.guided.mdgps.perturbed_policy_targets``; 0: none).
     average_last: the S-step returns the mean of the weights of its last ``average_last`` Adam steps
     (Polyak-Ruppert iterate averaging; 0: the last iterate). policy_ema: after each S-step (from the second)
     θ ← β θ_before + (1 − β) θ_trained with β = policy_ema (0: no averaging across iterations).
@@ -519,7 +520,7 @@ def save_numpy_policy(folder: str | Path, params: PolicyParams, config: GPSConfi
 
 
 def load_policy_checkpoint(path: str | Path) -> tuple[NumpyPolicy, GPSConfig]:
-    """Load the numpy side of a checkpoint written by ``mbpl_core.gps.save_policy_checkpoint``.
+    """Load the numpy side of a checkpoint written by ``mbpl_core.guided.mdgps.save_policy_checkpoint``.
 
     path: the checkpoint directory or its ``policy.npz``. Needs numpy only (no torch).
     """

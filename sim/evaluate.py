@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mbpl_core.containers import SampleBatch
-from mbpl_core.lqr_flm import Policy
+from mbpl_core.local.lqr_flm import Policy
 from mbpl_sim.env import MujocoEnv
 from mbpl_sim.experiment import ExperimentConfig
 

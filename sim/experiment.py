@@ -29,7 +29,7 @@ class ExperimentConfig:
     """A whole experiment. robot.description is absolute once loaded through :func:`load_experiment`.
 
     cost / algorithm / ros / gps: raw mappings for mbpl_core.costs.CostConfig,
-    mbpl_core.lqr_flm.AlgorithmConfig, the ROS nodes and the GPS trainer.
+    mbpl_core.local.lqr_flm.AlgorithmConfig, the ROS nodes and the GPS trainer.
     """
 
     robot: RobotConfig
@@ -64,7 +64,7 @@ class ExperimentConfig:
         ConfigError naming the key before any node starts, not a node dying mid-launch."""
         from mbpl_core.config import from_dict
         from mbpl_core.costs import CostConfig, build_cost
-        from mbpl_core.lqr_flm import AlgorithmConfig
+        from mbpl_core.local.lqr_flm import AlgorithmConfig
         from mbpl_core.policy import GPSConfig
 
         dU = self.robot.dQ

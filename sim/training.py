@@ -20,7 +20,7 @@ import numpy as np
 
 from mbpl_core.config import from_dict
 from mbpl_core.costs import CostConfig, build_cost
-from mbpl_core.lqr_flm import LQRFLM, AlgorithmConfig
+from mbpl_core.local.lqr_flm import LQRFLM, AlgorithmConfig
 from mbpl_sim.env import MujocoEnv
 from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD, final_distances
 from mbpl_sim.experiment import ExperimentConfig
@@ -107,7 +107,7 @@ def train_in_process(
     algorithm: Any
     held_out = None
     if experiment.method == "mdgps":
-        from mbpl_core.gps import MDGPS
+        from mbpl_core.guided.mdgps import MDGPS
         from mbpl_core.policy import GPSConfig
 
         has_held_out = bool(experiment.conditions("held_out"))
@@ -158,7 +158,7 @@ def _write_outputs(algorithm: Any, experiment: ExperimentConfig, history: Traini
     if history.mean_cost:
         plot_history(history, run_dir / "learning_curve.png", f"{experiment.name} ({experiment.method})")
     if experiment.method == "mdgps":
-        from mbpl_core.gps import save_policy_checkpoint
+        from mbpl_core.guided.mdgps import save_policy_checkpoint
         from mbpl_core.policy import save_numpy_policy
 
         path = save_policy_checkpoint(run_dir / "policy", algorithm.policy, algorithm.gps_config)

@@ -10,7 +10,7 @@ import pytest
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import SampleBatch, ShapeError
-from mbpl_core.dynamics import (
+from mbpl_core.local.dynamics import (
     DynamicsFitConfig,
     DynamicsFitter,
     DynamicsPriorGMM,

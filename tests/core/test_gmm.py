@@ -7,7 +7,7 @@ import pytest
 import scipy.stats
 
 from mbpl_core.containers import ShapeError
-from mbpl_core.gmm import GaussianMixture
+from mbpl_core.local.gmm import GaussianMixture
 
 MEANS = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, -5.0], [0.0, 12.0, 6.0]])
 

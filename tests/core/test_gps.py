@@ -19,7 +19,7 @@ from mbpl_core.containers import (
     StateLayout,
 )
 from mbpl_core.costs import CostConfig, QuadraticCost, build_cost, quadratic_cost_model
-from mbpl_core.gps import (
+from mbpl_core.guided.mdgps import (
     MDGPS,
     CStepRecord,
     GaussianMLPPolicy,
@@ -33,8 +33,8 @@ from mbpl_core.gps import (
     policy_to_params,
     train_policy,
 )
-from mbpl_core.lqr_flm import AlgorithmConfig, Policy
-from mbpl_core.traj_opt import KLSearchError, KLStepConfig, kl_constrained_update, lqr_backward_pass
+from mbpl_core.local.lqr_flm import AlgorithmConfig, Policy
+from mbpl_core.local.traj_opt import KLSearchError, KLStepConfig, kl_constrained_update, lqr_backward_pass
 
 FAST = GPSConfig(hidden_sizes=(32, 32), iterations=400, learning_rate=3e-3, batch_size=64, device="cpu")
 
@@ -311,7 +311,7 @@ def test_mdgps_takes_a_zero_step_when_the_kl_step_is_infeasible(monkeypatch: pyt
     mdgps = MDGPS(train, cost, algorithm, GPSConfig(hidden_sizes=(16,), iterations=50, device="cpu"),
                   np.random.default_rng(5))
     mdgps.run(1)
-    import mbpl_core.traj_opt as traj_opt
+    import mbpl_core.local.traj_opt as traj_opt
 
     captured: list[LinearGaussianController] = []
 

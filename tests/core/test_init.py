@@ -8,7 +8,7 @@ import scipy.linalg
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import StateLayout
-from mbpl_core.init import InitConfig, initial_controller
+from mbpl_core.local.init import InitConfig, initial_controller
 
 LAYOUT = StateLayout(dQ=3, n_points=1)  # dX = 6 + 6 = 12
 dU = 3

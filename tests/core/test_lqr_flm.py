@@ -10,7 +10,7 @@ import pytest
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.costs import CostConfig, StateCostConfig, build_cost
-from mbpl_core.lqr_flm import LQRFLM, AlgorithmConfig, Environment, IterationReport
+from mbpl_core.local.lqr_flm import LQRFLM, AlgorithmConfig, Environment, IterationReport
 
 ITERATIONS = 8
 

@@ -13,7 +13,7 @@ import torch
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import ShapeError
-from mbpl_core.gps import (
+from mbpl_core.guided.mdgps import (
     GaussianMLPPolicy,
     load_torch_policy,
     params_to_policy,

@@ -19,7 +19,7 @@ from _helpers_traj import (
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import LinearDynamics, LinearGaussianController, ShapeError
 from mbpl_core.costs import QuadraticCost
-from mbpl_core.traj_opt import (
+from mbpl_core.local.traj_opt import (
     ConditionOptimizer,
     KLSearchError,
     KLStepConfig,

@@ -35,7 +35,7 @@ pytest.importorskip("torch")
 from test_sim_in_the_loop import graph_env as sim_in_the_loop_env  # noqa: E402
 
 from mbpl_core.config import from_dict  # noqa: E402
-from mbpl_core.gps import GaussianMLPPolicy, policy_to_params  # noqa: E402
+from mbpl_core.guided.mdgps import GaussianMLPPolicy, policy_to_params  # noqa: E402
 from mbpl_core.policy import GPSConfig, NumpyPolicy, load_policy_checkpoint  # noqa: E402
 from mbpl_ros.bringup import graph_from_experiment  # noqa: E402
 from mbpl_ros.cli import effective_config  # noqa: E402

@@ -22,10 +22,10 @@ from rclpy.parameter import Parameter  # noqa: E402
 from mbpl_core.config import ConfigError  # noqa: E402
 from mbpl_core.containers import LinearGaussianController, SampleBatch  # noqa: E402
 from mbpl_core.costs import build_cost, quadratic_cost_model  # noqa: E402
-from mbpl_core.dynamics import DynamicsFitter  # noqa: E402
-from mbpl_core.init import initial_controller  # noqa: E402
+from mbpl_core.local.dynamics import DynamicsFitter  # noqa: E402
+from mbpl_core.local.init import initial_controller  # noqa: E402
+from mbpl_core.local.traj_opt import ConditionOptimizer  # noqa: E402
 from mbpl_core.noise import generate_noise  # noqa: E402
-from mbpl_core.traj_opt import ConditionOptimizer  # noqa: E402
 from mbpl_ros import conversions  # noqa: E402
 from mbpl_ros.fitting_node import latched_qos  # noqa: E402
 from mbpl_ros.node_params import FittingNodeParams, IlqrNodeParams, TrainerNodeParams, load_settings  # noqa: E402

@@ -25,8 +25,8 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from mbpl_core.config import ConfigError, from_dict  # noqa: E402
 from mbpl_core.containers import LinearDynamics, LinearGaussianController, SampleBatch  # noqa: E402
 from mbpl_core.costs import CostConfig, build_cost  # noqa: E402
-from mbpl_core.gps import GaussianMLPPolicy, build_policy_targets, policy_to_params, train_policy  # noqa: E402
-from mbpl_core.lqr_flm import AlgorithmConfig  # noqa: E402
+from mbpl_core.guided.mdgps import GaussianMLPPolicy, build_policy_targets, policy_to_params, train_policy  # noqa: E402
+from mbpl_core.local.lqr_flm import AlgorithmConfig  # noqa: E402
 from mbpl_core.noise import generate_noise  # noqa: E402
 from mbpl_core.policy import GPSConfig, NumpyPolicy, PolicyParams, linearize_policy_jacobian  # noqa: E402
 from mbpl_ros import conversions  # noqa: E402
@@ -296,7 +296,7 @@ def _iteration_batches(loop: TrainerLoop, graph: InProcessGraph, i: int) -> list
 def test_the_step_multipliers_follow_the_mdgps_rule(tmp_path: Path, env: MujocoEnv) -> None:
     """Oracle: GPS's rule written out on the run's own data (global rule, sampled-cost estimate)."""
     from mbpl_core.costs import quadratic_cost_model
-    from mbpl_core.traj_opt import total_expected_cost
+    from mbpl_core.local.traj_opt import total_expected_cost
 
     config = replace(GPS, s_step_order="before_c_step", step_rule="global", step_estimate="mc")
     graph = InProcessGraph(env, tmp_path)

@@ -31,13 +31,13 @@ from mbpl_msgs.srv import RunTrial  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from mbpl_core.config import from_dict  # noqa: E402
-from mbpl_core.gps import (  # noqa: E402
+from mbpl_core.guided.mdgps import (  # noqa: E402
     GaussianMLPPolicy,
     build_policy_targets,
     save_policy_checkpoint,
     train_policy,
 )
-from mbpl_core.init import InitConfig, initial_controller  # noqa: E402
+from mbpl_core.local.init import InitConfig, initial_controller  # noqa: E402
 from mbpl_core.noise import NoiseConfig  # noqa: E402
 from mbpl_core.policy import GPSConfig, NumpyPolicy, PolicyParams, load_policy_checkpoint  # noqa: E402
 from mbpl_ros import conversions  # noqa: E402

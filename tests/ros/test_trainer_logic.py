@@ -23,7 +23,7 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from mbpl_core.config import from_dict  # noqa: E402
 from mbpl_core.containers import LinearDynamics, LinearGaussianController, SampleBatch  # noqa: E402
 from mbpl_core.costs import CostConfig, build_cost  # noqa: E402
-from mbpl_core.lqr_flm import AlgorithmConfig  # noqa: E402
+from mbpl_core.local.lqr_flm import AlgorithmConfig  # noqa: E402
 from mbpl_core.noise import generate_noise  # noqa: E402
 from mbpl_ros import conversions  # noqa: E402
 from mbpl_ros.recording import SampleStore  # noqa: E402

@@ -14,8 +14,8 @@ import pytest
 
 from mbpl_core.config import from_dict
 from mbpl_core.costs import CostConfig, build_cost
-from mbpl_core.gps import MDGPS, evaluate_policy
-from mbpl_core.lqr_flm import AlgorithmConfig
+from mbpl_core.guided.mdgps import MDGPS, evaluate_policy
+from mbpl_core.local.lqr_flm import AlgorithmConfig
 from mbpl_core.policy import GPSConfig
 
 ITERATIONS = 5

@@ -199,7 +199,7 @@ def test_mjcf_robot_with_a_site_frame_gets_motors_instead_of_its_actuators(custo
 def test_shipped_experiment_round_trips_and_its_sections_fit_the_core_schemas(name: str) -> None:
     from mbpl_core.config import from_dict, to_dict
     from mbpl_core.costs import CostConfig, build_cost
-    from mbpl_core.lqr_flm import AlgorithmConfig
+    from mbpl_core.local.lqr_flm import AlgorithmConfig
 
     experiment = load_experiment(REPO / "configs" / f"{name}.yaml")
     raw = {k: v for k, v in to_dict(experiment).items() if k != "source"}

@@ -1,7 +1,7 @@
 """MDGPS in the node graph: the trainer's :class:`~mbpl_ros.trainer_logic.Hooks` for GPS mode (no rclpy).
 
 Montgomery & Levine, NIPS 2016 (MDGPS, Alg. 2), split over the trainer's iteration i (the same steps and
-order as :class:`mbpl_core.gps.MDGPS` in one process):
+order as :class:`mbpl_core.guided.mdgps.MDGPS` in one process):
 
 * S-step — θ ← argmin Σ_{m,n,t} (μ_θ(x) − μ_m(x))ᵀ Λ_m (μ_θ(x) − μ_m(x)), μ_m(x) = K_t x + k_t,
   Λ_m = pol_covar_t⁻¹ (Alg. 2 line 5), at the states X_m (N, T, dX) sampled this iteration (plus
@@ -26,7 +26,7 @@ unfinished iteration with the same samples (from the bags) and the same controll
 idempotent); an S-step already on disk is loaded instead of trained again, so a resumed run ends with
 the policy of an uninterrupted run.
 
-Step size — MDGPS's rule, as in one process (``mbpl_core.gps.MDGPS._adapt_step``): ``step_mults``
+Step size — MDGPS's rule, as in one process (``mbpl_core.guided.mdgps.MDGPS._adapt_step``): ``step_mults``
 compares the last C-step's record (its centre, new controller, model and sampled cost; saved to
 ``<run_dir>/gps/c_step_<i>.pkl``) with today's samples and reference (``gps.step_estimate``), averages
 over conditions with ``gps.step_rule: global``, and sends each condition's step multiplier with the LQR
@@ -54,7 +54,7 @@ import torch
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import LinearDynamics, LinearGaussianController, SampleBatch, StateLayout
 from mbpl_core.costs import Cost, quadratic_cost_model
-from mbpl_core.gps import (
+from mbpl_core.guided.mdgps import (
     CStepRecord,
     GaussianMLPPolicy,
     mdgps_step_mults,
@@ -63,7 +63,8 @@ from mbpl_core.gps import (
     s_step_update,
     save_policy_checkpoint,
 )
-from mbpl_core.lqr_flm import Environment
+from mbpl_core.local.lqr_flm import Environment
+from mbpl_core.local.traj_opt import KLStepConfig
 from mbpl_core.policy import (
     GPSConfig,
     NumpyPolicy,
@@ -72,7 +73,6 @@ from mbpl_core.policy import (
     linearize_policy_jacobian,
     save_numpy_policy,
 )
-from mbpl_core.traj_opt import KLStepConfig
 from mbpl_ros.trainer_logic import (
     MAX_SAMPLES,
     ControllerUpdate,
@@ -292,8 +292,8 @@ class GPSHooks(Hooks):
         """MDGPS's step rule (module docstring): per condition the step multiplier of this C-step.
 
         The last C-step's multipliers, adapted from (previous, predicted, actual) costs
-        (``mbpl_core.gps.mdgps_step_costs``, averaged over conditions with step_rule "global") once the
-        last C-step is on record and every condition has a policy reference; unchanged otherwise.
+        (``mbpl_core.guided.mdgps.mdgps_step_costs``, averaged over conditions with step_rule "global")
+        once the last C-step is on record and every condition has a policy reference; unchanged otherwise.
         """
         dyns = list(dynamics())
         quads, sample_costs = [], []
@@ -368,7 +368,8 @@ class GPSHooks(Hooks):
                controllers: list[LinearGaussianController]) -> None:
         """S-step of ``iteration`` from the policy of iteration − 1, saved before it is used.
 
-        The same update as ``mbpl_core.gps.MDGPS.s_step`` (:func:`mbpl_core.gps.s_step_update`).
+        The same update as ``mbpl_core.guided.mdgps.MDGPS.s_step``
+        (:func:`mbpl_core.guided.mdgps.s_step_update`).
         """
         self.load_s_step(iteration - 1)
         start = time.perf_counter()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.costs import CostConfig
-from mbpl_core.lqr_flm import AlgorithmConfig
+from mbpl_core.local.lqr_flm import AlgorithmConfig
 from mbpl_ros.params import param
 from mbpl_sim.experiment import ExperimentConfig, load_experiment
 

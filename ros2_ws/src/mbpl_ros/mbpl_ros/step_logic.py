@@ -19,9 +19,9 @@ from typing import Any, Generic, TypeVar
 
 from mbpl_core.containers import LinearDynamics, LinearGaussianController, SampleBatch, StateLayout
 from mbpl_core.costs import Cost, quadratic_cost_model
-from mbpl_core.dynamics import DynamicsFitConfig, DynamicsFitter
-from mbpl_core.init import InitConfig, initial_controller
-from mbpl_core.traj_opt import ConditionOptimizer, KLStepConfig, UpdateInfo
+from mbpl_core.local.dynamics import DynamicsFitConfig, DynamicsFitter
+from mbpl_core.local.init import InitConfig, initial_controller
+from mbpl_core.local.traj_opt import ConditionOptimizer, KLStepConfig, UpdateInfo
 
 S = TypeVar("S")
 R = TypeVar("R")

@@ -377,7 +377,7 @@ class TrainerLoop:
             if reference is None:
                 raise
             # The failed step left the iLQR node's state untouched, so the same iteration can be
-            # asked again; MDGPS in one process takes the same way out (mbpl_core.gps.MDGPS._c_step).
+            # asked again; MDGPS in one process takes the same way out (mbpl_core.guided.mdgps.MDGPS._c_step).
             self.log(f"iteration {i} condition {m}: step against the reference failed ({err}); "
                      "taking an LQR-FLM step instead")
             update = replace(self.transport.update_controller(m, i, dynamics, samples, None, step_mult),

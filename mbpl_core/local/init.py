@@ -16,7 +16,7 @@ from mbpl_core.blas import single_threaded_blas
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import LinearDynamics, LinearGaussianController, StateLayout
 from mbpl_core.costs import QuadraticCost
-from mbpl_core.traj_opt import NotPositiveDefiniteError, lqr_backward_pass
+from mbpl_core.local.traj_opt import NotPositiveDefiniteError, lqr_backward_pass
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import numpy as np
 from mbpl_core.blas import single_threaded_blas
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import LinearDynamics, SampleBatch, ShapeError, check_finite
-from mbpl_core.gmm import GaussianMixture, NormalInverseWishart
+from mbpl_core.local.gmm import GaussianMixture, NormalInverseWishart
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,11 @@ Levine & Abbeel (NIPS 2014), "Learning Neural Network Policies with Guided Polic
 Dynamics", Sec. 3: for every condition, per iteration,
 
 1. run the current LG controller p(u_t | x_t) = N(K_t x_t + k_t, Σ_t) N times with pre-drawn noise;
-2. fit p(x_{t+1} | x_t, u_t) by BLR with the GMM prior (:class:`mbpl_core.dynamics.DynamicsFitter`);
+2. fit p(x_{t+1} | x_t, u_t) by BLR with the GMM prior (:class:`mbpl_core.local.dynamics.DynamicsFitter`);
 3. expand the cost to second order around the samples (:func:`mbpl_core.costs.quadratic_cost_model`);
 4. minimise E[cost] s.t. KL(p_new(τ) ‖ p_old(τ)) ≤ ε = kl_step·step_mult·T (Eq. 2–3, dual search on η),
    adapting step_mult from predicted vs. actual improvement
-   (:class:`mbpl_core.traj_opt.ConditionOptimizer`).
+   (:class:`mbpl_core.local.traj_opt.ConditionOptimizer`).
 
 The ROS graph runs the same steps in separate nodes; this class is how the algorithm is tested,
 benchmarked and debugged in one process.
@@ -26,10 +26,10 @@ import numpy as np
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import LinearGaussianController, SampleBatch, ShapeError, StateLayout
 from mbpl_core.costs import Cost, quadratic_cost_model
-from mbpl_core.dynamics import DynamicsFitConfig, DynamicsFitter
-from mbpl_core.init import InitConfig, initial_controller
+from mbpl_core.local.dynamics import DynamicsFitConfig, DynamicsFitter
+from mbpl_core.local.init import InitConfig, initial_controller
+from mbpl_core.local.traj_opt import ConditionOptimizer, KLStepConfig
 from mbpl_core.noise import NoiseConfig, generate_noise
-from mbpl_core.traj_opt import ConditionOptimizer, KLStepConfig
 
 
 @runtime_checkable
@@ -109,7 +109,7 @@ class LQRFLM:
     cost: one Cost for every condition, or a sequence with one per condition. rng: source of all
     exploration noise (default: ``numpy.random.default_rng(config.seed)``); the same seed gives the same
     run bit for bit. initial_controllers: one per condition; default from
-    :func:`mbpl_core.init.initial_controller` at ``env.x0(condition)``.
+    :func:`mbpl_core.local.init.initial_controller` at ``env.x0(condition)``.
     Checkpoint with :meth:`state_dict` / :meth:`from_state` (the environment is not part of the state).
     """
 

@@ -41,7 +41,15 @@ from mbpl_core.containers import (
     check_shape,
 )
 from mbpl_core.costs import Cost, QuadraticCost, quadratic_cost_model
-from mbpl_core.lqr_flm import LQRFLM, AlgorithmConfig, Environment, Policy
+from mbpl_core.local.lqr_flm import LQRFLM, AlgorithmConfig, Environment, Policy
+from mbpl_core.local.traj_opt import (
+    ConditionOptimizer,
+    KLSearchError,
+    KLStepConfig,
+    UpdateInfo,
+    adapt_step_mult,
+    total_expected_cost,
+)
 from mbpl_core.noise import generate_noise
 from mbpl_core.policy import (
     MIN_OBS_STD,
@@ -52,14 +60,6 @@ from mbpl_core.policy import (
     linearize_policy_jacobian,
     load_policy_checkpoint,
     save_numpy_policy,
-)
-from mbpl_core.traj_opt import (
-    ConditionOptimizer,
-    KLSearchError,
-    KLStepConfig,
-    UpdateInfo,
-    adapt_step_mult,
-    total_expected_cost,
 )
 
 __all__ = [
@@ -549,7 +549,7 @@ def mdgps_step_costs(record: CStepRecord, reference: LinearGaussianController, d
 
 def mdgps_step_mult(step_mult: float, previous: float, predicted: float, actual: float,
                     min_step_mult: float, max_step_mult: float) -> float:
-    """GPS step-size rule (see :func:`mbpl_core.traj_opt.adapt_step_mult`) with MDGPS's cost estimates.
+    """GPS step-size rule (see :func:`mbpl_core.local.traj_opt.adapt_step_mult`) with MDGPS's cost estimates.
 
     new = clip(step_mult · clip(pred_impr / (2 max(1e-4, pred_impr − act_impr)), 0.1, 5), min, max) with
     pred_impr = previous − predicted, act_impr = previous − actual. An infinite (exploded) estimate
