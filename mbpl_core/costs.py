@@ -7,6 +7,11 @@ over a batch of samples into the absolute-coordinate :class:`QuadraticCost` used
 
 Time weighting follows the GPS code's ``get_ramp_multiplier``: a ramp r: (T,) ("constant", "linear",
 "quadratic", "final_only") whose last entry is multiplied by a final-step multiplier.
+
+Batched, derivative-free path (for planners): ``cost.value_batched(X, U, t0, T)`` gives the per-step
+value l_t at the absolute steps t0..t0+H−1 of a T-step episode for any batch of trajectory pieces
+X: (..., H, dX), U: (..., H, dU) (torch tensors, or numpy arrays through torch), equal to
+``evaluate(X_n, U_n).l`` of each full trajectory. See :meth:`Cost.value_batched`.
 """
 
 from __future__ import annotations
@@ -14,12 +19,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import SampleBatch, ShapeError, StateLayout, check_finite, check_shape
+
+if TYPE_CHECKING:
+    import torch
+
+ArrayT = TypeVar("ArrayT", "torch.Tensor", np.ndarray)
 
 Ramp = Literal["constant", "linear", "quadratic", "final_only"]
 RAMPS: tuple[str, ...] = ("constant", "linear", "quadratic", "final_only")
@@ -151,6 +161,43 @@ class Cost(ABC):
     ) -> CostExpansion:
         """Expansion along X: (T, dX), U: (T, dU); ee_jacobians: (T, dP, dQ) or None."""
 
+    def value_batched(self, X: ArrayT, U: ArrayT, t0: int = 0, T: int | None = None) -> ArrayT:
+        """Per-step cost l_t, derivative-free, for a batch of trajectory pieces.
+
+        X: (..., H, dX), U: (..., H, dU) (batch dimensions broadcast against each other); row h is the
+        absolute step t = t0 + h of a T-step episode (T = t0 + H when None), so ramps and the final-step
+        multiplier apply at the episode's steps. Steps t ≥ T are not part of the episode and cost 0.
+        Returns l: (broadcast batch, H), in X's dtype and on its device; numpy in → float64 numpy out
+        (computed through torch). For a full trajectory (t0 = 0, T = H) this equals evaluate(X, U).l;
+        EndEffectorCost(use_jacobians=True) gives the same value (its Jacobians only change derivatives).
+        """
+        import torch
+
+        if t0 < 0 or (T is not None and T < 1):
+            raise ValueError(f"value_batched needs t0 >= 0 and T >= 1, got t0={t0}, T={T}")
+        if isinstance(X, np.ndarray):
+            l = self._value_torch(torch.from_numpy(np.asarray(X, dtype=np.float64)),
+                                  torch.from_numpy(np.asarray(U, dtype=np.float64)), t0, T)
+            return l.numpy()
+        return self._value_torch(X, torch.as_tensor(U, dtype=X.dtype, device=X.device), t0, T)
+
+    def _value_torch(self, X: torch.Tensor, U: torch.Tensor, t0: int, T: int | None) -> torch.Tensor:
+        """l: (..., H) for X: (..., H, dX), U: (..., H, dU) torch tensors; see :meth:`value_batched`."""
+        raise NotImplementedError(f"{type(self).__name__} has no batched evaluation")
+
+
+def _episode_weights(ramp: str, final_multiplier: float, t0: int, H: int, T: int | None,
+                     like: torch.Tensor) -> torch.Tensor:
+    """r_t for t = t0..t0+H−1: the ramp of a T-step episode (T = t0 + H if None), 0 for t ≥ T. (H,)."""
+    import torch
+
+    T = t0 + H if T is None else T
+    r = np.zeros(H)
+    inside = max(0, min(H, T - t0))
+    if inside > 0:
+        r[:inside] = ramp_multiplier(ramp, T, final_multiplier)[t0:t0 + inside]
+    return torch.as_tensor(r, dtype=like.dtype, device=like.device)
+
 
 @dataclass(frozen=True, eq=False)
 class ActionCost(Cost):
@@ -175,6 +222,15 @@ class ActionCost(Cost):
         l = 0.5 * np.sum(self.weights * U**2, axis=1)
         luu = np.broadcast_to(np.diag(self.weights), exp.luu.shape)
         return CostExpansion(l, exp.lx, self.weights * U, exp.lxx, luu, exp.lux)
+
+    def _value_torch(self, X: torch.Tensor, U: torch.Tensor, t0: int, T: int | None) -> torch.Tensor:
+        """0.5 Σ_i w_i u_{t,i}² on every step of the episode, 0 past it: (..., H)."""
+        _check_last_dim("U", U, self.weights.shape[0])
+        import torch
+
+        w = _as_torch(self.weights, U)
+        inside = _episode_weights("constant", 1.0, t0, U.shape[-2], T, U)
+        return inside * (0.5 * torch.sum(w * U**2, dim=-1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,6 +269,15 @@ class StateCost(Cost):
         lxx = r[:, None, None] * np.diag(self.weights)
         l = 0.5 * r * np.sum(self.weights * diff**2, axis=1)
         return CostExpansion(l, r[:, None] * self.weights * diff, exp.lu, lxx, exp.luu, exp.lux)
+
+    def _value_torch(self, X: torch.Tensor, U: torch.Tensor, t0: int, T: int | None) -> torch.Tensor:
+        """r_t · 0.5 Σ_i w_i (x_{t,i} − target_i)²: (..., H)."""
+        _check_last_dim("X", X, self.weights.shape[0])
+        import torch
+
+        r = _episode_weights(self.ramp, self.final_multiplier, t0, X.shape[-2], T, X)
+        diff = X - _as_torch(self.target, X)
+        return 0.5 * r * torch.sum(_as_torch(self.weights, X) * diff**2, dim=-1)
 
 
 def l1l2_penalty(d: np.ndarray, wp: np.ndarray, l1: float, l2: float, alpha: float) -> tuple[
@@ -291,6 +356,17 @@ class EndEffectorCost(Cost):
             lxx[:, lay.ee_points, lay.ee_points] = ldd
         return CostExpansion(l, lx, exp.lu, lxx, exp.luu, exp.lux).time_scaled(r)
 
+    def _value_torch(self, X: torch.Tensor, U: torch.Tensor, t0: int, T: int | None) -> torch.Tensor:
+        """r_t [0.5 l2 s_t + l1 sqrt(alpha + s_t)], s_t = Σ_i wp_i d_{t,i}²: (..., H), for either
+        use_jacobians setting (the Jacobians only change the derivatives)."""
+        _check_last_dim("X", X, self.layout.dX)
+        import torch
+
+        r = _episode_weights(self.ramp, self.final_multiplier, t0, X.shape[-2], T, X)
+        d = X[..., self.layout.ee_points]
+        s = torch.sum(_as_torch(self.wp, X) * d * d, dim=-1)
+        return r * (0.5 * self.l2 * s + self.l1 * torch.sqrt(self.alpha + s))
+
 
 @dataclass(frozen=True, eq=False)
 class SumCost(Cost):
@@ -317,6 +393,26 @@ class SumCost(Cost):
             total = e if total is None else total + e
         assert total is not None
         return total
+
+    def _value_torch(self, X: torch.Tensor, U: torch.Tensor, t0: int, T: int | None) -> torch.Tensor:
+        """Σ_j weight_j l^j_t: (..., H)."""
+        total: torch.Tensor | None = None
+        for w, cost in self.terms:
+            l = w * cost._value_torch(X, U, t0, T)
+            total = l if total is None else total + l
+        assert total is not None
+        return total
+
+
+def _as_torch(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+
+
+def _check_last_dim(name: str, arr: torch.Tensor, size: int) -> None:
+    if arr.ndim < 2 or arr.shape[-1] != size:
+        raise ShapeError(f"{name} must have shape (..., H, {size}), got {tuple(arr.shape)}")
 
 
 @dataclass(frozen=True, eq=False)

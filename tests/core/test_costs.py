@@ -237,3 +237,83 @@ def test_build_cost_rejects_mismatched_lengths(data: dict, layout: StateLayout, 
 def test_cost_config_validation(data: dict) -> None:
     with pytest.raises(ConfigError):
         from_dict(CostConfig, data)
+
+
+# ---------------------------------------------------------------- batched, derivative-free values
+
+_BATCHED_COSTS = [
+    ActionCost(np.array([0.5, 2.0])),
+    *(StateCost(np.linspace(0.1, 2.0, LAYOUT.dX), np.arange(LAYOUT.dX) / 10.0, ramp, 3.0)
+      for ramp in ("constant", "linear", "quadratic", "final_only")),
+    _ee_cost(),
+    _ee_cost(ramp="quadratic", final_multiplier=10.0),
+    _ee_cost(ramp="linear", final_multiplier=5.0, use_jacobians=True),
+    SumCost(((1e-2, ActionCost(np.ones(dU))), (2.0, _ee_cost(ramp="linear", final_multiplier=7.0)),
+             (0.5, StateCost(np.ones(LAYOUT.dX), np.zeros(LAYOUT.dX), "final_only", 4.0)))),
+]
+_BATCHED_IDS = ["action", "state-const", "state-lin", "state-quad", "state-final", "ee", "ee-ramp",
+                "ee-jac", "sum"]
+
+
+def _per_trajectory_values(cost: Cost, X: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """evaluate(X_n, U_n).l for each of N trajectories: (N, T). Jacobians only where the cost needs them."""
+    J = np.ones((X.shape[1], LAYOUT.dP, LAYOUT.dQ))
+    return np.stack([cost.evaluate(X[n], U[n], J).l for n in range(X.shape[0])])
+
+
+@pytest.mark.parametrize("cost", _BATCHED_COSTS, ids=_BATCHED_IDS)
+def test_batched_value_equals_per_trajectory_cost(cost: Cost) -> None:
+    import torch
+
+    rng = np.random.default_rng(3)
+    X, U = rng.normal(size=(6, 12, LAYOUT.dX)), rng.normal(size=(6, 12, dU))
+    expected = _per_trajectory_values(cost, X, U)
+    from_numpy = cost.value_batched(X, U)
+    assert isinstance(from_numpy, np.ndarray) and from_numpy.shape == (6, 12)
+    np.testing.assert_allclose(from_numpy, expected, rtol=1e-12, atol=0)
+    from_torch = cost.value_batched(torch.from_numpy(X), torch.from_numpy(U))
+    assert from_torch.dtype == torch.float64
+    np.testing.assert_allclose(from_torch.numpy(), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("cost", _BATCHED_COSTS, ids=_BATCHED_IDS)
+def test_batched_value_of_a_window_uses_the_episode_steps(cost: Cost) -> None:
+    """A window t0..t0+H−1 costs what those steps cost in the full T-step episode (ramps and the final
+    multiplier at the episode's own steps); steps past T−1 cost 0."""
+    rng = np.random.default_rng(4)
+    T, H = 12, 5
+    X, U = rng.normal(size=(3, T + H, LAYOUT.dX)), rng.normal(size=(3, T + H, dU))
+    full = _per_trajectory_values(cost, X[:, :T], U[:, :T])
+    for t0 in (0, 3, T - H, T - 2, T - 1):
+        window = cost.value_batched(X[:, t0:t0 + H], U[:, t0:t0 + H], t0, T)
+        inside = min(H, T - t0)
+        np.testing.assert_allclose(window[:, :inside], full[:, t0:t0 + inside], rtol=1e-12, atol=0)
+        assert np.all(window[:, inside:] == 0.0)
+
+
+def test_batched_value_broadcasts_batch_dimensions() -> None:
+    """X: (B, N, J, H, dX) with U: (1, N, 1, H, dU), as a planner's particles share their candidate's U."""
+    import torch
+
+    cost = _BATCHED_COSTS[-1]
+    rng = np.random.default_rng(5)
+    X = torch.from_numpy(rng.normal(size=(2, 4, 3, 7, LAYOUT.dX)))
+    U = torch.from_numpy(rng.normal(size=(1, 4, 1, 7, dU)))
+    l = cost.value_batched(X, U, 2, 8)
+    assert l.shape == (2, 4, 3, 7)
+    explicit = cost.value_batched(X, U.expand(2, 4, 3, 7, dU).contiguous(), 2, 8)
+    assert torch.equal(l, explicit)
+    l32 = cost.value_batched(X.float(), U.float(), 2, 8)
+    assert l32.dtype == torch.float32
+    np.testing.assert_allclose(l32.double().numpy(), l.numpy(), rtol=1e-5)
+
+
+def test_batched_value_rejects_bad_shapes_and_steps() -> None:
+    rng = np.random.default_rng(6)
+    X, U = rng.normal(size=(2, 5, LAYOUT.dX)), rng.normal(size=(2, 5, dU))
+    with pytest.raises(ShapeError):
+        _ee_cost().value_batched(X[..., :-1], U)
+    with pytest.raises(ShapeError):
+        ActionCost(np.ones(dU + 1)).value_batched(X, U)
+    with pytest.raises(ValueError):
+        ActionCost(np.ones(dU)).value_batched(X, U, t0=-1)
