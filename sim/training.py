@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mbpl_core.blas import numerical_environment
 from mbpl_core.config import from_dict
 from mbpl_core.costs import CostConfig, build_cost
 from mbpl_core.local.lqr_flm import LQRFLM, AlgorithmConfig
@@ -153,6 +154,7 @@ def validation_env(experiment: ExperimentConfig, gps_config: Any) -> MujocoEnv |
 def _write_outputs(algorithm: Any, experiment: ExperimentConfig, history: TrainingHistory, run_dir: Path,
                    log: Callable[[str], None]) -> None:
     (run_dir / "history.json").write_text(json.dumps(history.to_dict(), indent=2))
+    (run_dir / "environment.json").write_text(json.dumps(numerical_environment(), indent=2))
     with open(run_dir / "algorithm_state.pkl", "wb") as f:
         pickle.dump(algorithm.state_dict(), f)
     if history.mean_cost:
@@ -168,4 +170,4 @@ def _write_outputs(algorithm: Any, experiment: ExperimentConfig, history: Traini
             save_numpy_policy(path, algorithm.deployed_policy.params, algorithm.gps_config)
             log(f"[mbpl] deployed policy: S-step snapshot of iteration {algorithm.best[1]} (gps.select_best)")
         log(f"[mbpl] policy checkpoint {path} (run it with: mbpl eval {experiment.source} --policy {path})")
-    log(f"[mbpl] wrote {run_dir}/history.json, learning_curve.png, algorithm_state.pkl")
+    log(f"[mbpl] wrote {run_dir}/history.json, learning_curve.png, algorithm_state.pkl, environment.json")
