@@ -116,3 +116,27 @@ def gaussian_kl(mu1: np.ndarray, S1: np.ndarray, mu2: np.ndarray, S2: np.ndarray
     _, logdet1 = np.linalg.slogdet(S1)
     _, logdet2 = np.linalg.slogdet(S2)
     return float(0.5 * (np.trace(S2_inv @ S1) + diff @ S2_inv @ diff - d + logdet2 - logdet1))
+
+
+def expected_total_cost_oracle(
+    controller: LinearGaussianController, dynamics: LinearDynamics, quad: QuadraticCost
+) -> float:
+    """Σ_t E[c_t] from the joint trajectory Gaussian (:func:`joint_trajectory_gaussian`), per step
+    E[0.5 zᵀCz + zᵀc + cc] = 0.5 tr(C Σ) + 0.5 μᵀCμ + μᵀc + cc with z = [x_t; u_t] ~ N(μ, Σ)."""
+    mean, cov = joint_trajectory_gaussian(controller, dynamics)
+    d = dynamics.dX + dynamics.dU
+    total = 0.0
+    for t in range(dynamics.T):
+        mu, sigma = mean[t * d:(t + 1) * d], cov[t * d:(t + 1) * d, t * d:(t + 1) * d]
+        C, c = quad.Cm[t], quad.cv[t]
+        total += 0.5 * np.trace(C @ sigma) + 0.5 * mu @ C @ mu + mu @ c + quad.cc[t]
+    return float(total)
+
+
+def step_rule_oracle(step_mult: float, previous: float, predicted: float, actual: float,
+                     lo: float, hi: float) -> float:
+    """GPS's step-size rule written out: mult = pred_impr / (2 max(1e-4, pred_impr − act_impr)) in
+    [0.1, 5], then the new multiplier clipped to [lo, hi]."""
+    pred_impr, act_impr = previous - predicted, previous - actual
+    mult = pred_impr / (2.0 * max(1e-4, pred_impr - act_impr))
+    return float(np.clip(step_mult * float(np.clip(mult, 0.1, 5.0)), lo, hi))

@@ -19,6 +19,7 @@ from mbpl_core.local.dynamics import (
     fit_linear_dynamics,
     transition_tuples,
 )
+from mbpl_core.local.gmm import NormalInverseWishart
 
 T, dX, dU = 12, 4, 2
 
@@ -161,3 +162,109 @@ def test_config_validation_and_yaml_keys() -> None:
         DynamicsFitConfig(max_clusters=0)
     with pytest.raises(ConfigError, match="prior_strength"):
         DynamicsFitConfig(prior_strength=-1.0)
+
+
+class _FixedPrior:
+    """A NIW prior chosen by the test (no GMM): eval returns (mu0, Phi, m = 1, n0) for every step."""
+
+    def __init__(self, mu0: np.ndarray, Phi: np.ndarray, n0: float, x0mu: np.ndarray, x0var: np.ndarray,
+                 config: DynamicsFitConfig) -> None:
+        self.mu0, self.Phi, self.n0, self.x0mu, self.x0var, self.config = mu0, Phi, n0, x0mu, x0var, config
+
+    def eval(self, points: np.ndarray) -> NormalInverseWishart:
+        return NormalInverseWishart(self.mu0, self.Phi, 1.0, self.n0)
+
+    def initial_state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.x0mu, self.x0var
+
+
+def _niw_posterior_scatter(Y: np.ndarray, mu0: np.ndarray, Psi0: np.ndarray, kappa0: float,
+                           discrepancy: bool = True) -> np.ndarray:
+    """Textbook NIW posterior scale Ψ_N for samples Y (N, D), written about the posterior mean:
+    Ψ_N = Ψ0 + Σ_n (y_n − μ_N)(y_n − μ_N)ᵀ + κ0 (μ_N − μ0)(μ_N − μ0)ᵀ with μ_N = (κ0 μ0 + N ȳ)/(κ0 + N).
+    (Equal to Ψ0 + N S + κ0 N/(κ0 + N)(ȳ − μ0)(ȳ − μ0)ᵀ; discrepancy=False drops the mean-discrepancy
+    term, i.e. it is Ψ0 + Σ_n (y_n − ȳ)(y_n − ȳ)ᵀ.)"""
+    N = Y.shape[0]
+    if not discrepancy:
+        centred = Y - Y.mean(axis=0)
+        return Psi0 + sum(np.outer(r, r) for r in centred)
+    mu_N = (kappa0 * mu0 + Y.sum(axis=0)) / (kappa0 + N)
+    out = Psi0 + kappa0 * np.outer(mu_N - mu0, mu_N - mu0)
+    for y in Y:
+        out = out + np.outer(y - mu_N, y - mu_N)
+    return out
+
+
+def _niw_oracle(batch: SampleBatch, prior: _FixedPrior, s: float, lam: float,
+                discrepancy: bool = True) -> tuple[np.ndarray, ...]:
+    """Fm, fv, dyn_covar (T−1 steps) and the x0 variance of the NIW fit, by explicit per-step loops."""
+    N, T_, dX_, dU_ = batch.N, batch.T, batch.dX, batch.dU
+    n = dX_ + dU_
+    Fm, fv, covar = [], [], []
+    for t in range(T_ - 1):
+        Y = np.array([np.concatenate([batch.X[i, t], batch.U[i, t], batch.X[i, t + 1]]) for i in range(N)])
+        Psi = _niw_posterior_scatter(Y, prior.mu0[t], s * prior.Phi[t], s, discrepancy)
+        sigma = Psi / (N + s * prior.n0)  # the estimate the module documents; the mean is the data mean
+        ybar = Y.mean(axis=0)
+        sxx = sigma[:n, :n] + lam * np.eye(n)
+        F = np.linalg.solve(sxx, sigma[:n, n:]).T
+        Fm.append(F)
+        fv.append(ybar[n:] - F @ ybar[:n])
+        covar.append(sigma[n:, n:] - F @ sxx @ F.T)
+    x0 = batch.X[:, 0]
+    x0var = np.empty(dX_)
+    for j in range(dX_):
+        # Per coordinate: NIW (normal-inverse-gamma) with prior mean pmu, scale s·pvar, κ0 = n0 = s.
+        Psi = _niw_posterior_scatter(x0[:, j:j + 1], prior.x0mu[j:j + 1], np.array([[s * prior.x0var[j]]]), s,
+                                     discrepancy)
+        x0var[j] = Psi[0, 0] / (N + s)
+    return np.array(Fm), np.array(fv), np.array(covar), x0var
+
+
+def test_blr_with_a_finite_niw_prior_matches_the_conjugate_posterior(random_stable_system: Callable) -> None:
+    """Closed-form oracle at a finite prior strength, with the data far from the prior mean so that the
+    mean-discrepancy term N·m/(N+m)(ȳ−μ0)(ȳ−μ0)ᵀ moves every output well beyond the tolerance."""
+    rng = np.random.default_rng(11)
+    system = random_stable_system(rng, T, dX, dU)
+    N, s, lam = 7, 3.0, 1e-6
+    batch = _batch(system, rng, N=N, noise_std=0.1)
+    D = 2 * dX + dU
+    Y = transition_tuples(batch)
+    mu0 = Y.mean(axis=1) + rng.normal(0.0, 1.5, size=(T - 1, D))  # far from the data mean
+    A = rng.normal(size=(T - 1, D, D))
+    Phi = A @ np.swapaxes(A, 1, 2) / D + 0.2 * np.eye(D)  # full, non-diagonal prior scatter
+    x0mu, x0var = batch.X[:, 0].mean(axis=0) + 2.0, np.linspace(0.1, 0.5, dX)
+    config = DynamicsFitConfig(prior_strength=s, regularization=lam, initial_state_var=1e-9)
+    prior = _FixedPrior(mu0, Phi, 0.8, x0mu, x0var, config)
+    dyn = fit_dynamics_with_gmm_prior(batch, prior, config)  # type: ignore[arg-type]
+    Fm, fv, dyn_covar, x0 = _niw_oracle(batch, prior, s, lam)
+    np.testing.assert_allclose(dyn.Fm[: T - 1], Fm, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(dyn.fv[: T - 1], fv, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(dyn.dyn_covar[: T - 1], dyn_covar, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(dyn.x0sigma, np.diag(x0), rtol=1e-12)
+    np.testing.assert_allclose(dyn.x0mu, batch.X[:, 0].mean(axis=0), rtol=1e-12)
+    # The test can see the discrepancy term: without it every output moves by far more than the tolerance.
+    Fm_, _, covar_, x0_ = _niw_oracle(batch, prior, s, lam, discrepancy=False)
+    for fit, without in ((Fm, Fm_), (dyn_covar, covar_), (x0, x0_)):
+        assert np.max(np.abs(fit - without)) > 1e-2 * np.max(np.abs(fit))
+
+
+def test_blr_with_the_gmm_prior_matches_the_conjugate_posterior_of_its_niw(
+        random_stable_system: Callable) -> None:
+    """The same oracle with the GMM's own prior (its collapse is tested in test_gmm): data from a shifted
+    system, so the prior mean sits far from the batch's mean."""
+    rng = np.random.default_rng(12)
+    system = random_stable_system(rng, T, dX, dU)
+    prior = _prior_from(system, rng)
+    shifted = type(system)(system.A, system.B, system.c + 1.0)
+    batch = _batch(shifted, rng, N=4, noise_std=0.05)
+    s = 2.0
+    config = DynamicsFitConfig(prior_strength=s, regularization=1e-6, initial_state_var=1e-9)
+    dyn = fit_dynamics_with_gmm_prior(batch, prior, config)
+    niw = prior.eval(transition_tuples(batch))
+    fixed = _FixedPrior(niw.mu0, niw.Phi, niw.n0, *prior.initial_state(), config)
+    Fm, fv, dyn_covar, x0 = _niw_oracle(batch, fixed, s, 1e-6)
+    np.testing.assert_allclose(dyn.Fm[: T - 1], Fm, rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(dyn.fv[: T - 1], fv, rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(dyn.dyn_covar[: T - 1], dyn_covar, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(np.diag(dyn.x0sigma), x0, rtol=1e-10)

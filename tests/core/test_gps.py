@@ -9,6 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers_traj import (
+    expected_total_cost_oracle,
+    random_controller,
+    random_dynamics,
+    random_quadratic_cost,
+    random_spd,
+    step_rule_oracle,
+)
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import (
@@ -29,8 +37,10 @@ from mbpl_core.guided.mdgps import (
     evaluate_policy,
     mdgps_step_costs,
     mdgps_step_mult,
+    mdgps_step_mults,
     perturbed_policy_targets,
     policy_to_params,
+    precision_weighted_loss,
     train_policy,
 )
 from mbpl_core.local.lqr_flm import AlgorithmConfig, Policy
@@ -480,3 +490,108 @@ def test_select_on_validation_deploys_the_lowest_validation_cost_snapshot() -> N
     assert len(resumed.reports[-1].train_policy_cost) == validation.num_conditions  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="select_on"):
         GPSConfig(select_on="held_out")  # type: ignore[arg-type]
+
+
+def _full_precisions(rng: np.random.Generator, B: int, dU: int) -> np.ndarray:
+    """B random symmetric positive-definite (dU, dU) precisions with large off-diagonal entries."""
+    return np.stack([random_spd(rng, dU, 2.0, floor=0.05) for _ in range(B)])
+
+
+def test_precision_weighted_loss_with_full_precisions_matches_an_explicit_loop() -> None:
+    rng = np.random.default_rng(31)
+    B, dU = 7, 3
+    mu_pi, mu = rng.normal(size=(B, dU)), rng.normal(size=(B, dU))
+    prec = _full_precisions(rng, B, dU)
+    expected = 0.0
+    for b in range(B):
+        for i in range(dU):
+            for j in range(dU):
+                expected += (mu_pi[b, i] - mu[b, i]) * prec[b, i, j] * (mu_pi[b, j] - mu[b, j])
+    expected /= B
+    got = precision_weighted_loss(*(torch.as_tensor(a) for a in (mu_pi, mu, prec)))
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+    diagonal_only = np.mean(np.sum((mu_pi - mu) ** 2 * np.diagonal(prec, axis1=1, axis2=2), axis=1))
+    assert abs(diagonal_only - expected) > 0.1 * abs(expected)  # the off-diagonal terms matter here
+
+
+def test_s_step_with_full_precisions_fits_the_precision_weighted_mean_and_its_covariance() -> None:
+    # One input, two targets with full precisions P1, P2: the minimiser of Σ_i (μ − μ_i)ᵀ P_i (μ − μ_i) is
+    # (P1 + P2)⁻¹ (P1 μ1 + P2 μ2); the policy covariance is the inverse of the mean precision ((P1 + P2)/2)⁻¹.
+    P1 = np.array([[4.0, 3.0], [3.0, 4.0]])
+    P2 = np.array([[1.0, -0.8], [-0.8, 1.0]])
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([1.0, 0.0])
+    obs, mu, prec = np.zeros((2, 1)), np.stack([mu1, mu2]), np.stack([P1, P2])
+    config = GPSConfig(hidden_sizes=(8,), iterations=1500, learning_rate=1e-2, weight_decay=0.0, device="cpu")
+    policy = GaussianMLPPolicy.from_config(config, 1, 2)
+    before = policy.mean_batch(np.zeros((1, 1)))[0]
+    report = train_policy(policy, obs, mu, prec, config)
+    loop = sum((before - m) @ P @ (before - m) for m, P in ((mu1, P1), (mu2, P2))) / 2
+    assert report.loss_before == pytest.approx(loop, rel=1e-10)
+    want = np.linalg.solve(P1 + P2, P1 @ mu1 + P2 @ mu2)
+    np.testing.assert_allclose(policy.mean_batch(np.zeros((1, 1)))[0], want, atol=0.02)
+    np.testing.assert_allclose(policy.action_covar, np.linalg.inv((P1 + P2) / 2), rtol=1e-10)
+
+
+def test_targets_carry_full_controller_precisions() -> None:
+    rng = np.random.default_rng(32)
+    T_, dX_, dU_ = 4, 3, 3
+    controller = random_controller(rng, T_, dX_, dU_)
+    batch = SampleBatch(rng.normal(size=(2, T_, dX_)), np.zeros((2, T_, dU_)))
+    targets = build_policy_targets([controller], [batch], np.arange(dX_))
+    for n in range(2):
+        for t in range(T_):
+            want_prec = np.linalg.inv(controller.pol_covar[t])
+            np.testing.assert_allclose(targets.target_prec[n * T_ + t], want_prec, rtol=1e-10)
+            np.testing.assert_allclose(targets.target_mu[n * T_ + t],
+                                       controller.K[t] @ batch.X[n, t] + controller.k[t], rtol=1e-12)
+
+
+def _step_rule_models(seed: int) -> tuple:
+    """Last iteration's record (reference π̄_old, the C-step's controller, the model it was solved on) and
+    today's reference and model, all different: the controller is the plain LQR optimum of the old model
+    (a predicted improvement), today's reference lies between the two, today's model is the old one
+    perturbed."""
+    rng = np.random.default_rng(seed)
+    T_, dX_, dU_ = 6, 3, 2
+    dyn, quad = random_dynamics(rng, T_, dX_, dU_), random_quadratic_cost(rng, T_, dX_, dU_)
+    old_ref = random_controller(rng, T_, dX_, dU_)
+    controller = lqr_backward_pass(quad, dyn).controller
+    new_ref = LinearGaussianController.from_covariance(0.5 * (old_ref.K + controller.K),
+                                                       0.5 * (old_ref.k + controller.k), old_ref.pol_covar)
+    new_dyn = LinearDynamics(dyn.Fm + 0.05 * rng.normal(size=dyn.Fm.shape), dyn.fv, 2.0 * dyn.dyn_covar,
+                             dyn.x0mu + 0.3, dyn.x0sigma)
+    new_quad = QuadraticCost(1.2 * quad.Cm, quad.cv + 0.3 * rng.normal(size=quad.cv.shape), quad.cc)
+    return CStepRecord(old_ref, controller, dyn, quad, sample_cost=40.0), new_ref, (new_dyn, new_quad)
+
+
+def test_mdgps_step_costs_use_the_previous_model_for_previous_and_predicted() -> None:
+    record, new_ref, (dyn, quad) = _step_rule_models(41)
+    previous, predicted, actual = mdgps_step_costs(record, new_ref, dyn, quad, estimate="laplace")
+    old_model = (record.dynamics, record.quad)
+    assert previous == pytest.approx(expected_total_cost_oracle(record.reference, *old_model), rel=1e-9)
+    assert predicted == pytest.approx(expected_total_cost_oracle(record.controller, *old_model), rel=1e-9)
+    assert actual == pytest.approx(expected_total_cost_oracle(new_ref, dyn, quad), rel=1e-9)
+    # Under today's model the prediction would be a different number: the test can tell the models apart.
+    under_new = expected_total_cost_oracle(record.controller, dyn, quad)
+    assert abs(under_new - predicted) > 0.1 * abs(predicted)
+    mc = mdgps_step_costs(record, new_ref, dyn, quad, sample_cost=25.0, estimate="mc")
+    assert mc[0] == 40.0 and mc[2] == 25.0 and mc[1] == pytest.approx(predicted, rel=1e-12)
+
+
+@pytest.mark.parametrize("step_rule", ["classic", "global"])
+def test_mdgps_step_mults_match_the_rule_written_out(step_rule: str) -> None:
+    rows = [_step_rule_models(seed) for seed in (42, 43)]
+    records = [r for r, _, _ in rows]
+    refs = [ref for _, ref, _ in rows]
+    models = [model for _, _, model in rows]
+    costs = np.array([[expected_total_cost_oracle(r.reference, r.dynamics, r.quad),
+                       expected_total_cost_oracle(r.controller, r.dynamics, r.quad),
+                       expected_total_cost_oracle(ref, dyn, quad)]
+                      for r, ref, (dyn, quad) in zip(records, refs, models, strict=True)])
+    if step_rule == "global":
+        costs = np.broadcast_to(costs.mean(axis=0), costs.shape)
+    kl = KLStepConfig(min_step_mult=0.05, max_step_mult=8.0)
+    config = GPSConfig(step_rule=step_rule, step_estimate="laplace", device="cpu")
+    got = mdgps_step_mults([0.7, 2.0], records, refs, models, [0.0, 0.0], config, kl)
+    want = [step_rule_oracle(s, *c, 0.05, 8.0) for s, c in zip([0.7, 2.0], costs, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=1e-9)

@@ -9,11 +9,13 @@ import pytest
 import scipy.linalg
 from _helpers_traj import (
     block_qp_value_and_gains,
+    expected_total_cost_oracle,
     gaussian_kl,
     joint_trajectory_gaussian,
     random_controller,
     random_dynamics,
     random_quadratic_cost,
+    step_rule_oracle,
 )
 
 from mbpl_core.config import ConfigError, from_dict
@@ -349,3 +351,38 @@ def test_condition_optimizer_takes_the_flagged_zero_step_when_infeasible(problem
     assert info.expected_cost == pytest.approx(float(np.sum(expected_cost(lqr_forward_pass(ref, dyn), quad))))
     _, regular = ConditionOptimizer(ref, KLStepConfig(kl_step=0.05)).update(dyn, quad)
     assert not regular.fallback
+
+
+def test_step_rule_compares_the_previous_model_with_the_new_one() -> None:
+    """Different previous and new models and costs: previous and predicted under the previous model, actual
+    under the new one, each against the Gaussian expected cost of the joint trajectory; the multiplier the
+    next update uses is the rule computed by hand from those three numbers."""
+    rng = np.random.default_rng(21)
+    quad1, dyn1 = random_quadratic_cost(rng, T, dX, dU), random_dynamics(rng, T, dX, dU)
+    quad2, dyn2 = random_quadratic_cost(rng, T, dX, dU), random_dynamics(rng, T, dX, dU, noise=0.05)
+    start = random_controller(rng, T, dX, dU)
+    config = KLStepConfig(kl_step=0.2, min_step_mult=0.01, max_step_mult=10.0)
+    opt = ConditionOptimizer(start, config)
+    first, _ = opt.update(dyn1, quad1)
+    previous, predicted, actual = opt.step_adjustment(dyn2, quad2)
+    assert previous == pytest.approx(expected_total_cost_oracle(start, dyn1, quad1), rel=1e-9)
+    assert predicted == pytest.approx(expected_total_cost_oracle(first, dyn1, quad1), rel=1e-9)
+    assert actual == pytest.approx(expected_total_cost_oracle(first, dyn2, quad2), rel=1e-9)
+    # The models differ enough that swapping them is visible in every one of the three numbers.
+    assert abs(expected_total_cost_oracle(first, dyn2, quad2) - predicted) > 0.1 * abs(predicted)
+    assert abs(expected_total_cost_oracle(start, dyn2, quad2) - previous) > 0.1 * abs(previous)
+    want = step_rule_oracle(1.0, previous, predicted, actual, 0.01, 10.0)
+    _, info = opt.update(dyn2, quad2)
+    assert info.step_mult == pytest.approx(want, rel=1e-12)
+    assert info.epsilon == pytest.approx(0.2 * want * T, rel=1e-12)
+    new_cost = expected_total_cost_oracle(opt.controller, dyn2, quad2)
+    assert info.expected_cost == pytest.approx(new_cost, rel=1e-9)
+
+
+@pytest.mark.parametrize(("previous", "predicted", "actual"), [
+    (10.0, 7.0, 8.0), (10.0, 7.0, 9.5), (4.0, 3.0, 3.9), (-2.0, -3.0, -2.4), (10.0, 9.0, 9.0)])
+def test_adapt_step_mult_matches_the_rule_written_out(previous: float, predicted: float,
+                                                     actual: float) -> None:
+    for step_mult in (0.3, 1.0, 4.0):
+        got = adapt_step_mult(step_mult, previous, predicted, actual, 0.05, 8.0)
+        assert got == pytest.approx(step_rule_oracle(step_mult, previous, predicted, actual, 0.05, 8.0))
