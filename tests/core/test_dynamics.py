@@ -43,6 +43,20 @@ def test_regression_recovers_time_varying_system_from_noiseless_data(random_stab
     np.testing.assert_allclose(dyn.x0mu, batch.X[:, 0].mean(axis=0))
 
 
+def test_initial_state_is_the_sample_mean_and_floored_variance(random_stable_system: Callable) -> None:
+    rng = np.random.default_rng(8)
+    batch = _batch(random_stable_system(rng, T, dX, dU), rng, N=dX + dU + 4)
+    X = batch.X.copy()
+    X[:, 0, 1] = 0.25  # one coordinate of x0 without spread: its variance is the floor
+    X[:, 0, 2] *= 1e-3  # one with a spread below the floor
+    floor = 1e-4
+    dyn = fit_linear_dynamics(SampleBatch(X, batch.U), regularization=1e-6, initial_state_var=floor)
+    var = np.array([np.mean((X[:, 0, j] - X[:, 0, j].mean()) ** 2) for j in range(dX)])
+    assert var[1] < floor and var[2] < floor < var[0]
+    np.testing.assert_allclose(dyn.x0sigma, np.diag([max(v, floor) for v in var]), rtol=1e-12)
+    np.testing.assert_allclose(dyn.x0mu, X[:, 0].sum(axis=0) / X.shape[0], rtol=1e-12)
+
+
 def test_residual_covariance_estimates_the_process_noise(random_stable_system: Callable) -> None:
     rng = np.random.default_rng(1)
     system = random_stable_system(rng, T, dX, dU)

@@ -298,6 +298,12 @@ def test_checkpoint_loads_without_torch(tmp_path: Path) -> None:
 def test_project_configs_gps_sections_parse() -> None:
     yaml = pytest.importorskip("yaml")
     files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    with_gps = 0
     for path in files:
         section = yaml.safe_load(path.read_text()).get("gps") or {}
-        from_dict(GPSConfig, section)
+        config = from_dict(GPSConfig, section)
+        with_gps += bool(section)
+        for key, value in section.items():  # every key the file sets arrives in the config as written
+            got = getattr(config, key)
+            assert (list(got) if isinstance(got, tuple) else got) == value, f"{path.name}: gps.{key}"
+    assert files and with_gps >= 1

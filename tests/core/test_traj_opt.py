@@ -229,7 +229,12 @@ def test_eta_search_accepts_small_kl_at_min_eta(problem) -> None:
     config = KLStepConfig(min_eta=1e-3)
     result = kl_constrained_update(quad, dyn, ref, 1e9, 1.0, config)
     assert result.eta == config.min_eta
-    assert result.kl < 1e9
+    # Accepted by the min_eta rule, not by the tolerance: the KL is far below ε. It is the KL of the returned
+    # controller, which is the backward pass at min_eta.
+    assert result.kl < (1.0 - config.kl_tolerance) * 1e9
+    at_min = lqr_backward_pass(quad, dyn, eta=config.min_eta, reference=ref).controller
+    np.testing.assert_allclose(result.controller.K, at_min.K, rtol=1e-12)
+    assert result.kl == pytest.approx(trajectory_kl(lqr_forward_pass(at_min, dyn), at_min, ref), rel=1e-12)
 
 
 def test_eta_search_raises_eta_past_non_pd_q_uu(problem) -> None:
