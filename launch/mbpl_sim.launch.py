@@ -16,14 +16,14 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from mbpl_ros.bringup import graph_from_experiment
+from mbpl_ros.bringup import graph_from_experiment, new_run_token
 
 
 def _graph_actions(context: Any) -> list[Any]:
     """Node actions of the experiment named by the ``config`` launch argument."""
     config = LaunchConfiguration("config").perform(context)
     actions = []
-    for spec in graph_from_experiment(config):
+    for spec in graph_from_experiment(config, run_token=new_run_token()):
         extra: dict[str, Any] = {}
         if spec.respawn:
             extra.update(respawn=True, respawn_delay=spec.respawn_delay)

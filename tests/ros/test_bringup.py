@@ -201,13 +201,14 @@ def test_launch_file_builds_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> N
     }
     for name, attrs in stubs.items():
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    monkeypatch.setattr("mbpl_ros.bringup.new_run_token", lambda: "token-of-launch")
     spec = importlib.util.spec_from_file_location("mbpl_sim_launch", REPO_ROOT / "launch/mbpl_sim.launch.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
     opaque = description.args[0][1]
     nodes = opaque.kwargs["function"](context=None)
-    expected = graph_from_experiment(REPO_ROOT / "configs/reacher2_sim.yaml")
+    expected = graph_from_experiment(REPO_ROOT / "configs/reacher2_sim.yaml", run_token="token-of-launch")
     got = [(n.kwargs["name"], n.kwargs["executable"]) for n in nodes]
     assert got == [(s.name, s.executable) for s in expected]
     assert [n.kwargs["parameters"] for n in nodes] == [[dict(s.parameters)] for s in expected]

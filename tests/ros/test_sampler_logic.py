@@ -246,51 +246,8 @@ def test_invalid_state_aborts_the_trial_and_is_counted(experiment, experiment_fi
     assert sampler.counters.states_rejected == 1 and sampler.counters.messages_rejected == 1
 
 
-class HardwareIO(EnvIO):
-    """A realtime robot that answers every command with a fixed state until it falls silent."""
-
-    def __init__(self, env: MujocoEnv, q0: np.ndarray, trial_steps_before_silence: int) -> None:
-        super().__init__(env)
-        self.q0 = q0
-        self.limit = trial_steps_before_silence
-        self.trial_commands = 0
-        self.after_abort: list[np.ndarray] = []
-        self.enough_after_abort = threading.Event()
-
-    def publish_command(self, u: np.ndarray) -> None:
-        if self.results:
-            self.after_abort.append(np.array(u))
-            if len(self.after_abort) >= 10:
-                self.enough_after_abort.set()
-        elif np.any(u != 0):
-            self.trial_commands += 1
-        if self.trial_commands < self.limit:
-            self.sampler.on_state(self.q0, np.zeros_like(self.q0), 0.0)
-
-
-@pytest.mark.sim
-def test_realtime_stale_state_aborts_then_the_safe_hold_is_published(
-    experiment, experiment_file, setup
-) -> None:
-    io = HardwareIO(MujocoEnv(experiment), np.array([-0.5, 1.6]), trial_steps_before_silence=3)
-    params = _params(experiment_file, mode="realtime", rate_hz=200.0, state_timeout=0.03, reset_service="")
-    sampler = Sampler(params, setup, io)
-    io.sampler = sampler
-    T, dU, dX = setup.T, setup.dU, setup.dX
-    constant = LinearGaussianController.from_covariance(
-        np.zeros((T, dU, dX)), np.full((T, dU), 0.5), np.tile(np.eye(dU), (T, 1, 1)))
-    sampler.start()
-    try:
-        sampler.offer_controller(0, 1, constant)
-        sampler.request_trial(TrialRequest(0, 1, add_noise=False))
-        (result,) = io.wait_results(1)
-        assert io.enough_after_abort.wait(WAIT), "the safe hold must keep being published"
-    finally:
-        sampler.stop()
-    assert result.aborted and "stale state" in result.abort_reason, result.abort_reason
-    assert 3 <= result.steps < T and np.all(result.U == 0.5)
-    assert all(np.all(u == 0.0) for u in io.after_abort), "zero effort after the fault"
-    assert result.end_time >= result.start_time > 0.0, "realtime trials are stamped with wall time"
+# The realtime stale-state, bad-state and between-trials checks run on a fake clock in test_hardening.py
+# (every tick driven by the test, nothing depending on the machine's timing).
 
 
 def test_safe_hold_is_zero_by_default_and_a_clipped_pd_hold_otherwise() -> None:
@@ -311,7 +268,8 @@ def test_state_inbox_waits_for_a_newer_reading() -> None:
     assert inbox.wait_newer(0, timeout=0.01) is None
     first = inbox.put(np.zeros(2), np.zeros(2), 0.5)
     assert inbox.wait_newer(0, timeout=0.01) is first and inbox.wait_newer(first.seq, timeout=0.01) is None
-    threading.Timer(0.02, inbox.put, args=(np.ones(2), np.zeros(2), 0.6)).start()
+    # the reading may arrive before or while the caller waits: either way wait_newer returns it
+    threading.Thread(target=inbox.put, args=(np.ones(2), np.zeros(2), 0.6)).start()
     newer = inbox.wait_newer(first.seq, timeout=WAIT)
     assert newer is not None and newer.seq == 2 and newer.stamp == 0.6
 

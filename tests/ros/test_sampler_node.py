@@ -203,7 +203,8 @@ def test_silent_robot_aborts_the_realtime_trial_and_zero_effort_follows(
 ) -> None:
     env = MujocoEnv(load_experiment(experiment_file))
     # 1 s trials and a 0.3 s timeout: scheduling stalls on a loaded 2-core machine must not look stale
-    params = _params(experiment_file, mode="realtime", rate_hz=20.0, state_timeout=0.3, reset_service="")
+    params = _params(experiment_file, mode="realtime", rate_hz=20.0, state_timeout=0.3, max_state_age=0.3,
+                     reset_service="")
     sampler = ros_processes.start("mbpl_ros.sampler_node", "sampler", params)
     client = SamplerClient(rclpy_node)
     states = rclpy_node.create_publisher(JointState, "joint_states", 10)
@@ -244,7 +245,7 @@ def test_realtime_sampler_runs_a_trial_against_the_realtime_sim(
 ) -> None:
     ros_processes.start("mbpl_ros.sim_node", "sim",
                         {"config": str(experiment_file), "mode": "realtime", "realtime_rate": 100.0})
-    params = _params(experiment_file, mode="realtime", rate_hz=100.0, state_timeout=0.5)
+    params = _params(experiment_file, mode="realtime", rate_hz=100.0, state_timeout=0.5, max_state_age=0.5)
     sampler = ros_processes.start("mbpl_ros.sampler_node", "sampler", params)
     env = MujocoEnv(load_experiment(experiment_file))
     client = SamplerClient(rclpy_node)

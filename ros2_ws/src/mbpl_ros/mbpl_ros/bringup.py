@@ -14,9 +14,12 @@ of :class:`NodeSpec`. Both ``launch/mbpl_sim.launch.py`` (full ROS 2 installs) a
     nodes: {sampler: {...}}      # extra parameters per node name
 
 Every node receives ``config`` (absolute experiment path) and, except the sim node, ``run_dir`` when
-one is given; the sim node and the sampler also receive ``mode`` and ``controller``, the sim node
-``realtime_rate`` and the sampler the same value as ``rate_hz``. The trainer is the graph's
-*required* node: when it exits the graph is shut down and its exit code is the launcher's.
+one is given; the sampler, iLQR and trainer nodes receive ``run_token`` (the sampler accepts
+controllers, policies and trials carrying only this token; ``mbpl launch`` and the launch file draw a
+fresh one per launch with :func:`new_run_token`); the sim node and the sampler also receive ``mode``
+and ``controller``, the sim node ``realtime_rate`` and the sampler the same value as ``rate_hz``.
+The trainer is the graph's *required* node: when it exits the graph is shut down and its exit code is
+the launcher's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import ctypes
 import os
 import queue
+import secrets
 import signal
 import subprocess
 import sys
@@ -110,13 +114,23 @@ class RosSection:
             raise ConfigError(f"ros.realtime_rate: must be >= 0, got {self.realtime_rate}")
 
 
+TOKEN_NODES = ("sampler", "ilqr", "trainer")
+
+
+def new_run_token() -> str:
+    """A fresh secret for one run of the graph (128 random bits, hex)."""
+    return secrets.token_hex(16)
+
+
 def graph_from_experiment(
-    config_path: str | Path, raw: Mapping[str, Any] | None = None, run_dir: str | Path | None = None
+    config_path: str | Path, raw: Mapping[str, Any] | None = None, run_dir: str | Path | None = None,
+    run_token: str = "",
 ) -> list[NodeSpec]:
     """The node graph of an experiment: sim (unless ``ros.sim`` is false), sampler, fitting, ilqr, trainer.
 
     raw: the parsed YAML when the caller has it already (else the file is read). run_dir: the run
     folder every node except the sim writes to (parameter ``run_dir``; None: the nodes' default).
+    run_token: given to the sampler, iLQR and trainer nodes (empty: the nodes' default, no token).
     """
     config_path = Path(config_path).resolve()
     if raw is None:
@@ -138,6 +152,8 @@ def graph_from_experiment(
             params["run_dir"] = str(Path(run_dir).resolve())
         if name == "sampler":
             params["rate_hz"] = float(ros.realtime_rate)  # one command per sim step when the sim runs faster
+        if name in TOKEN_NODES and run_token:
+            params["run_token"] = run_token
         params.update(ros.nodes.get(name, {}))
         specs.append(
             NodeSpec(name, module, params, respawn=name in ros.respawn, required=name == REQUIRED_NODE)

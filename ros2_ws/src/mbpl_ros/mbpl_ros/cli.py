@@ -93,14 +93,14 @@ def _default_run_dir(config: str, mode: str) -> Path:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     """Start the node graph of the experiment and supervise it; exit code of the trainer."""
-    from mbpl_ros.bringup import ProcessLauncher, graph_from_experiment
+    from mbpl_ros.bringup import ProcessLauncher, graph_from_experiment, new_run_token
 
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, "launch")
     path, raw = effective_config(args.config, args.set, run_dir)
     from mbpl_sim.experiment import experiment_from_dict
 
     experiment_from_dict(raw, base_dir=path.parent, source=str(path)).check_sections()
-    specs = graph_from_experiment(path, raw, run_dir=run_dir)
+    specs = graph_from_experiment(path, raw, run_dir=run_dir, run_token=new_run_token())
     print(f"[mbpl] run folder {run_dir}; nodes: {', '.join(s.name for s in specs)}", flush=True)
     return ProcessLauncher(specs, run_dir).run()
 
@@ -162,7 +162,7 @@ def evaluate_in_graph(experiment: Any, run_dir: Path, checkpoint: Path, conditio
     """
     import threading
 
-    from mbpl_ros.bringup import NodeSpec, ProcessLauncher, graph_from_experiment
+    from mbpl_ros.bringup import NodeSpec, ProcessLauncher, graph_from_experiment, new_run_token
     from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD, EvaluationResult
 
     count = len(experiment.conditions(condition_set))
@@ -171,8 +171,10 @@ def evaluate_in_graph(experiment: Any, run_dir: Path, checkpoint: Path, conditio
         raise ConfigError(f"conditions {list(chosen)} out of range: the {condition_set!r} set has {count}")
     extra = {"sim": {"condition_set": condition_set},
              "sampler": {"condition_set": condition_set, "policy_checkpoint": str(checkpoint.resolve())}}
+    token = new_run_token()
     specs = [NodeSpec(s.name, s.module, {**s.parameters, **extra[s.name]})
-             for s in graph_from_experiment(experiment.source, run_dir=run_dir) if s.name in extra]
+             for s in graph_from_experiment(experiment.source, run_dir=run_dir, run_token=token)
+             if s.name in extra]
     if len(specs) != 2:
         raise ConfigError("--graph needs the sim node (ros.sim: true)")
     with open(run_dir / "graph.log", "w") as log:
@@ -180,7 +182,7 @@ def evaluate_in_graph(experiment: Any, run_dir: Path, checkpoint: Path, conditio
         supervisor = threading.Thread(target=launcher.run, name="graph", daemon=True)
         supervisor.start()
         try:
-            batches = _policy_trials(chosen, trial_timeout)
+            batches = _policy_trials(chosen, trial_timeout, token)
         finally:
             launcher.shutdown()
             supervisor.join(timeout=30.0)
@@ -192,7 +194,7 @@ def evaluate_in_graph(experiment: Any, run_dir: Path, checkpoint: Path, conditio
                             np.array([p.mean() for p in points]), float(threshold))
 
 
-def _policy_trials(conditions: Sequence[int], timeout: float) -> list[Any]:
+def _policy_trials(conditions: Sequence[int], timeout: float, run_token: str = "") -> list[Any]:
     """RunTrial(policy_kind="policy", no noise) per condition, each sample awaited on mbpl/samples."""
     import rclpy
     from mbpl_msgs.msg import TrajectorySample
@@ -226,7 +228,7 @@ def _policy_trials(conditions: Sequence[int], timeout: float) -> list[Any]:
         out = []
         for trial, condition in enumerate(conditions, start=1):
             request = RunTrial.Request(condition=condition, trial_id=trial, policy_kind="policy",
-                                       add_noise=False)
+                                       add_noise=False, run_token=run_token)
             spin_until(client.service_is_ready, "sampler service")
             future = client.call_async(request)
             answer = spin_until(lambda f=future: f.done() and f.result(), f"answer to trial {trial}")

@@ -15,6 +15,7 @@ T=100, dX=26 controller conversion in the tens of microseconds.
 from __future__ import annotations
 
 import array
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ __all__ = [
     "msg_to_efforts",
     "msg_to_policy_params",
     "msg_to_sample",
+    "msg_to_sample_metadata",
     "policy_params_to_msg",
     "sample_to_msg",
     "seconds_to_time",
@@ -92,7 +94,9 @@ def _from_field(msg: object, field: str, shape: tuple[int, ...], what: str) -> n
     flat = np.frombuffer(data, dtype=np.float64) if isinstance(data, array.array) else np.asarray(
         data, dtype=np.float64
     )
-    expected = int(np.prod(shape)) if shape else 1
+    # Python ints: numpy's int64 product of uint32 fields wraps (2^22 · 2^21 · 2^21 = 2^64 → 0) and would
+    # let an empty array through to a reshape that raises something other than ShapeError
+    expected = math.prod(int(n) for n in shape)
     if flat.size != expected:
         raise ShapeError(f"{what}.{field} has {flat.size} values, expected {expected} for shape {shape}")
     arr = flat.reshape(shape)
@@ -139,10 +143,12 @@ def controller_to_msg(
     condition: int,
     controller_id: int,
     stamp: Time | None = None,
+    run_token: str = "",
 ) -> LinearGaussianControllerMsg:
     """Message of an LG controller: K (T, dU, dX), k (T, dU), pol_covar (T, dU, dU) flattened row-major."""
     msg = LinearGaussianControllerMsg()
     _header_stamp(msg, stamp)
+    msg.run_token = str(run_token)
     msg.condition = int(condition)
     msg.controller_id = int(controller_id)
     msg.t_steps, msg.du, msg.dx = controller.T, controller.dU, controller.dX
@@ -152,10 +158,17 @@ def controller_to_msg(
     return msg
 
 
-def msg_to_controller(msg: LinearGaussianControllerMsg) -> LinearGaussianController:
-    """LG controller from its message; ShapeError on bad dims, lengths, NaN/Inf or a non-SPD pol_covar[t]."""
+def msg_to_controller(msg: LinearGaussianControllerMsg,
+                      expected: tuple[int, int, int] | None = None) -> LinearGaussianController:
+    """LG controller from its message; ShapeError on bad dims, lengths, NaN/Inf or a non-SPD pol_covar[t].
+
+    expected: (T, dU, dX) of the receiver (the robot), checked before any array is touched.
+    """
     T, dU, dX = int(msg.t_steps), int(msg.du), int(msg.dx)
     _require_dims("LinearGaussianController", t_steps=T, du=dU, dx=dX)
+    if expected is not None and (T, dU, dX) != tuple(expected):
+        raise ShapeError(f"LinearGaussianController has (t_steps, du, dx) = {(T, dU, dX)}, expected "
+                         f"(T, dU, dX) = {tuple(expected)}")
     K = _from_field(msg, "k_gains", (T, dU, dX), "LinearGaussianController")
     k = _from_field(msg, "k_offsets", (T, dU), "LinearGaussianController")
     pol_covar = _from_field(msg, "pol_covar", (T, dU, dU), "LinearGaussianController")
@@ -248,6 +261,26 @@ def sample_to_msg(batch: SampleBatch, meta: SampleMetadata, stamp: Time | None =
     return msg
 
 
+def msg_to_sample_metadata(msg: TrajectorySampleMsg) -> SampleMetadata:
+    """The metadata of a TrajectorySample alone (also of an aborted one with t_steps = 0)."""
+    for name in ("start_time", "end_time"):
+        if not np.isfinite(getattr(msg, name)):
+            raise ShapeError(f"TrajectorySample.{name} is not finite")
+    return SampleMetadata(
+        condition=int(msg.condition),
+        trial_id=int(msg.trial_id),
+        controller_id=int(msg.controller_id),
+        policy_kind=msg.policy_kind,
+        aborted=bool(msg.aborted),
+        abort_reason=msg.abort_reason,
+        start_time=float(msg.start_time),
+        end_time=float(msg.end_time),
+        deadline_misses=int(msg.deadline_misses),
+        seed=int(msg.seed),
+        add_noise=bool(msg.add_noise),
+    )
+
+
 def msg_to_sample(msg: TrajectorySampleMsg) -> tuple[SampleBatch, SampleMetadata]:
     """(SampleBatch with N=1, metadata) from a TrajectorySample; ShapeError with the reason if malformed.
 
@@ -264,23 +297,7 @@ def msg_to_sample(msg: TrajectorySampleMsg) -> tuple[SampleBatch, SampleMetadata
         J = _from_field(msg, "ee_jacobians", (T, dP, dQ), "TrajectorySample")[None]
     elif len(msg.ee_jacobians):
         raise ShapeError("TrajectorySample.ee_jacobians is non-empty but dp = dq = 0")
-    for name in ("start_time", "end_time"):
-        if not np.isfinite(getattr(msg, name)):
-            raise ShapeError(f"TrajectorySample.{name} is not finite")
-    meta = SampleMetadata(
-        condition=int(msg.condition),
-        trial_id=int(msg.trial_id),
-        controller_id=int(msg.controller_id),
-        policy_kind=msg.policy_kind,
-        aborted=bool(msg.aborted),
-        abort_reason=msg.abort_reason,
-        start_time=float(msg.start_time),
-        end_time=float(msg.end_time),
-        deadline_misses=int(msg.deadline_misses),
-        seed=int(msg.seed),
-        add_noise=bool(msg.add_noise),
-    )
-    return SampleBatch(X[None], U[None], J), meta
+    return SampleBatch(X[None], U[None], J), msg_to_sample_metadata(msg)
 
 
 # -------------------------------------------------------------------------------------- policy weights
@@ -294,7 +311,7 @@ def _validate_normalisation(obs_mean: np.ndarray, obs_std: np.ndarray, obs_dim: 
 
 
 def policy_params_to_msg(
-    params: PolicyParams, policy_id: int, stamp: Time | None = None
+    params: PolicyParams, policy_id: int, stamp: Time | None = None, run_token: str = ""
 ) -> PolicyParametersMsg:
     """Message of a policy (mbpl_core.policy.PolicyParams): every layer's W (out, in) row-major then b (out,).
 
@@ -303,6 +320,7 @@ def policy_params_to_msg(
     """
     msg = PolicyParametersMsg()
     _header_stamp(msg, stamp)
+    msg.run_token = str(run_token)
     msg.policy_id = int(policy_id)
     msg.obs_dim, msg.act_dim = params.dO, params.dU
     msg.layer_sizes = array.array("I", params.layer_sizes)

@@ -22,7 +22,7 @@ from mbpl_ros import conversions
 from mbpl_ros.node_main import spin_node
 from mbpl_ros.node_params import FittingNodeParams, load_settings
 from mbpl_ros.params import declare_parameters
-from mbpl_ros.step_logic import StaleRequestError, fit, fitting_conditions
+from mbpl_ros.step_logic import fit, fitting_conditions
 
 
 def latched_qos(depth: int) -> QoSProfile:
@@ -62,7 +62,8 @@ class FittingNode(Node):
                 raise ShapeError(f"condition {m} out of range [0, {len(self.conditions)})")
             batch = samples_to_batch(list(request.samples))
             dynamics, computed = fit(self.conditions[m], i, batch)
-        except (ShapeError, StaleRequestError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - ShapeError, StaleRequestError, KL/PD failures, anything
+            # else a request could provoke: answered success = false, never a node exit
             response.success, response.message = False, f"fit of condition {m}, iteration {i} failed: {err}"
             self.get_logger().error(response.message)
             return response

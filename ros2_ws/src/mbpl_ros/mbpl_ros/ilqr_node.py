@@ -29,7 +29,7 @@ from mbpl_ros.fitting_node import latched_qos, samples_to_batch
 from mbpl_ros.node_main import spin_node
 from mbpl_ros.node_params import IlqrNodeParams, load_settings
 from mbpl_ros.params import declare_parameters
-from mbpl_ros.step_logic import StaleRequestError, lqr_conditions, lqr_step
+from mbpl_ros.step_logic import lqr_conditions, lqr_step
 from mbpl_ros.trainer_logic import controller_id
 from mbpl_sim.env import MujocoEnv
 
@@ -59,7 +59,8 @@ class IlqrNode(Node):
         i = cond.last_iteration
         cid = controller_id(0 if i is None else i + 1, m)
         stamp = self.get_clock().now().to_msg()
-        self._pub.publish(conversions.controller_to_msg(cond.state.controller, m, cid, stamp))
+        self._pub.publish(conversions.controller_to_msg(cond.state.controller, m, cid, stamp,
+                                                        self.params.run_token))
         self.get_logger().info(f"published controller {cid} for condition {m}")
 
     def _on_update(self, request: UpdateController.Request,
@@ -74,14 +75,15 @@ class IlqrNode(Node):
             step_mult = float(request.step_mult) if request.step_mult != 0.0 else None  # 0: LQR-FLM rule
             (controller, info), computed = lqr_step(self.conditions[m], i, dynamics, batch, self.cost,
                                                     reference, step_mult)
-        except (ShapeError, StaleRequestError, ValueError) as err:  # KL search and PD failures included
+        except Exception as err:  # noqa: BLE001 - ShapeError, StaleRequestError, KL/PD failures, anything
+            # else a request could provoke: answered success = false, never a node exit
             response.success = False
             response.message = f"LQR step of condition {m}, iteration {i} failed: {err}"
             self.get_logger().error(response.message)
             return response
         cid = controller_id(i + 1, m)
         stamp = self.get_clock().now().to_msg()
-        response.controller = conversions.controller_to_msg(controller, m, cid, stamp)
+        response.controller = conversions.controller_to_msg(controller, m, cid, stamp, self.params.run_token)
         response.success = True
         response.eta, response.kl, response.epsilon = info.eta, info.kl, info.epsilon
         response.step_mult, response.expected_cost = info.step_mult, info.expected_cost

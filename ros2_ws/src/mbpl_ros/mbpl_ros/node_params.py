@@ -47,6 +47,8 @@ class IlqrNodeParams:
     config: str = param(_CONFIG_DOC, "")
     run_dir: str = param(_RUN_DIR_DOC, "")
     keep_results: int = param("LQR results kept per condition for repeated (idempotent) requests", 3)
+    run_token: str = param("the run's token, carried in the controllers/policies/RunTrial requests it sends "
+                           "(mbpl launch sets one per run)", "")
 
     def __post_init__(self) -> None:
         _require_config("ilqr", self.config)
@@ -68,12 +70,17 @@ class TrainerNodeParams:
     max_attempts: int = param("attempts per trial (aborted or missing samples are re-run)", 5)
     evaluate: bool = param(
         "run one noiseless trial per condition after each iteration (final distance)", True)
+    republish_after: float = param(
+        "seconds of RunTrial refusals 'controller … not received yet' after which the trainer republishes "
+        "that controller (as the iLQR node sent it) instead of waiting", 5.0)
+    run_token: str = param("the run's token, carried in the controllers/policies/RunTrial requests it sends "
+                           "(mbpl launch sets one per run)", "")
 
     def __post_init__(self) -> None:
         _require_config("trainer", self.config)
         if self.iterations < -1:
             raise ConfigError(f"trainer node: iterations must be >= -1, got {self.iterations}")
-        for name in ("trial_timeout", "service_timeout", "refused_wait"):
+        for name in ("trial_timeout", "service_timeout", "refused_wait", "republish_after"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"trainer node: {name} must be a positive number of seconds, got {value}")

@@ -31,6 +31,7 @@ controller arriving during a trial only affects later trials (the swap happens a
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
 from collections import OrderedDict, deque
@@ -44,6 +45,16 @@ from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import LinearGaussianController, SampleBatch, ShapeError, StateLayout
 from mbpl_core.noise import NoiseConfig, generate_noise
 from mbpl_core.policy import GPSConfig, NumpyPolicy, PolicyParams
+from mbpl_ros.action_bounds import (
+    StateBox,
+    check_action_bound,
+    lg_action_bound,
+    policy_action_bound,
+    policy_gain_bound,
+    reachable_state_box,
+    require_params_shape,
+    urdf_velocity_limits,
+)
 from mbpl_ros.params import param
 from mbpl_ros.rt_loop import NS_PER_S, DeadlineLoop, LoopStats, TickInfo
 from mbpl_sim.experiment import ExperimentConfig
@@ -64,13 +75,31 @@ class SamplerParams:
                       "lockstep")
     controller: str = param("efforts are published on <controller>/commands", "effort_controller")
     rate_hz: float = param("realtime mode: control rate in Hz; 0 = 1/dt of the experiment", 0.0)
-    state_timeout: float = param("seconds without a joint state after which a trial is aborted", 1.0)
+    state_timeout: float = param(
+        "seconds to wait for a joint state: a trial's first (after the reset), each step's in lockstep",
+        1.0)
+    max_state_age: float = param(
+        "realtime mode: a joint state older than this (s) engages the safe hold and aborts the running "
+        "trial; 0: 5 control periods", 0.0)
     reset_service: str = param("ResetSim service called before every trial; empty: none (hardware)",
                                "reset_sim")
     reset_timeout: float = param("seconds to wait for the reset service to answer", 10.0)
     hold_kp: float = param("safe hold (realtime): u = hold_kp (q_hold - q) - hold_kd qd; 0, 0: zero", 0.0)
     hold_kd: float = param("safe hold damping gain (see hold_kp)", 0.0)
     max_gain: float = param("controllers with any |K| entry above this are rejected", 1.0e4)
+    max_policy_gain: float = param(
+        "policies whose sound bound of any |du_i/dx_j| (product of |W| and 1/obs_std) exceeds this are "
+        "rejected", 1.0e5)
+    max_action_ratio: float = param(
+        "controllers/policies whose largest action over the reachable state box exceeds this × the effort "
+        "limits are rejected (clipping stays the last line)", 1.0e4)
+    max_noise_ratio: float = param(
+        "controllers/policies whose exploration std exceeds this × the effort limits are rejected", 10.0)
+    joint_velocity_limit: float = param(
+        "rad/s bounding q̇ in the reachable state box for joints without a URDF velocity limit", 10.0)
+    run_token: str = param(
+        "the run this sampler serves: controllers, policies and RunTrial requests carrying another "
+        "run_token are rejected and counted (mbpl launch sets one per run; empty: accept only empty)", "")
     max_queued_trials: int = param("trial requests accepted beyond the running one; more are refused", 16)
     controller_history: int = param("accepted controllers kept per condition (looked up by id)", 8)
     diagnostics_period: float = param("seconds between /diagnostics messages", 1.0)
@@ -95,7 +124,9 @@ class SamplerParams:
             raise ConfigError(f"sampler: mode must be one of {MODES}, got {self.mode!r}")
         if not self.controller or any(c.isspace() for c in self.controller):
             raise ConfigError(f"sampler: invalid controller name {self.controller!r}")
-        positive = ("state_timeout", "reset_timeout", "max_gain", "diagnostics_period")
+        positive = ("state_timeout", "reset_timeout", "max_gain", "diagnostics_period", "max_action_ratio",
+                    "max_policy_gain",
+                    "max_noise_ratio", "joint_velocity_limit")
         for name in positive:
             if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ConfigError(f"sampler: {name} must be a positive number, got {getattr(self, name)}")
@@ -104,7 +135,7 @@ class SamplerParams:
                               f"{self.gil_switch_interval}")
         if not 0 <= self.realtime_priority <= 99:
             raise ConfigError(f"sampler: realtime_priority must be in [0, 99], got {self.realtime_priority}")
-        for name in ("rate_hz", "hold_kp", "hold_kd"):
+        for name in ("rate_hz", "hold_kp", "hold_kd", "max_state_age"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"sampler: {name} must be >= 0, got {getattr(self, name)}")
         if self.condition_set not in CONDITION_SETS:
@@ -121,7 +152,8 @@ class RobotSetup:
     """Everything a trial needs from the experiment, built from the robot model alone (as on hardware).
 
     targets[m]: (P, 3) ee targets of condition m; effort_limits: (dU,); obs_indices: (dO,) state
-    entries the neural policy sees (gps.observation).
+    entries the neural policy sees (gps.observation); velocity_limits: (dU,) from the URDF, NaN where
+    it gives none (None: none known).
     """
 
     kinematics: EndEffectorKinematics
@@ -132,6 +164,7 @@ class RobotSetup:
     dt: float
     noise: NoiseConfig
     obs_indices: np.ndarray
+    velocity_limits: np.ndarray | None = None
 
     @classmethod
     def from_experiment(cls, experiment: ExperimentConfig) -> RobotSetup:
@@ -142,10 +175,12 @@ class RobotSetup:
         targets = tuple(experiment.target_points(c) for c in experiment.conditions("train"))
         noise = from_dict(NoiseConfig, dict(experiment.algorithm.get("noise") or {}), "algorithm.noise")
         gps = from_dict(GPSConfig, dict(experiment.gps or {}), "gps")
+        known = urdf_velocity_limits(robot.description, tuple(robot.joints))
         return cls(kinematics=kinematics, joint_names=tuple(robot.joints),
                    effort_limits=model.actuator_ctrlrange[:, 1].copy(), targets=targets,
                    T=experiment.task.T, dt=experiment.task.dt, noise=noise,
-                   obs_indices=gps.observation_indices(experiment.layout.dX))
+                   obs_indices=gps.observation_indices(experiment.layout.dX),
+                   velocity_limits=np.array([known.get(j, np.nan) for j in robot.joints]))
 
     @property
     def layout(self) -> StateLayout:
@@ -167,6 +202,11 @@ class RobotSetup:
         """Number of training conditions."""
         return len(self.targets)
 
+    def state_box(self, default_velocity: float) -> StateBox:
+        """The reachable state box (mbpl_ros.action_bounds); q̇ bound default_velocity where none is known."""
+        v = np.full(self.dU, np.nan) if self.velocity_limits is None else self.velocity_limits
+        return reachable_state_box(self.kinematics, self.targets, np.where(np.isnan(v), default_velocity, v))
+
 
 def trial_noise(seed: int, T: int, dU: int, config: NoiseConfig) -> np.ndarray:
     """ε: (T, dU) = generate_noise(T, dU, numpy.random.default_rng(seed), config): the trial's noise."""
@@ -174,8 +214,29 @@ def trial_noise(seed: int, T: int, dU: int, config: NoiseConfig) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------- validation
-def validate_controller(controller: LinearGaussianController, setup: RobotSetup, max_gain: float) -> None:
-    """ShapeError unless K: (T, dU, dX) matches the experiment and max |K| <= max_gain.
+@dataclass(frozen=True)
+class ActionLimits:
+    """What a controller or policy may ask of the robot: max |K| entry, the reachable state box, and the
+    largest action and exploration std over it as multiples of the effort limits (mbpl_ros.action_bounds)."""
+
+    max_gain: float
+    max_policy_gain: float
+    box: StateBox
+    effort_limits: np.ndarray
+    max_action_ratio: float
+    max_noise_ratio: float
+
+    def check(self, what: str, bound: tuple[np.ndarray, np.ndarray]) -> None:
+        """ShapeError unless the (action, std) bound is within the ratios × the effort limits."""
+        action, std = bound
+        check_action_bound(what, (action, np.zeros_like(std)), self.effort_limits, self.max_action_ratio)
+        check_action_bound(what, (np.zeros_like(action), std), self.effort_limits, self.max_noise_ratio)
+
+
+def validate_controller(controller: LinearGaussianController, setup: RobotSetup,
+                        limits: ActionLimits) -> None:
+    """ShapeError unless K: (T, dU, dX) matches the experiment, every |K_tij| <= max_gain, and the largest
+    action |K_t x + k_t| over the reachable state box and the std sqrt(diag pol_covar_t) are bounded.
 
     Finiteness and positive-definite pol_covar are already guaranteed by the container.
     """
@@ -183,21 +244,29 @@ def validate_controller(controller: LinearGaussianController, setup: RobotSetup,
     if controller.K.shape != expected:
         raise ShapeError(f"K has shape {controller.K.shape}, expected (T, dU, dX) = {expected}")
     gain = float(np.max(np.abs(controller.K)))
-    if gain > max_gain:
-        raise ShapeError(f"max |K| = {gain:.3g} exceeds the gain bound max_gain = {max_gain:g}")
+    if not gain <= limits.max_gain:
+        t, i, j = np.unravel_index(int(np.argmax(np.abs(controller.K))), controller.K.shape)
+        raise ShapeError(f"max |K| = {gain:.3g} (at t={t}, u{i}, x{j}) exceeds the gain bound "
+                         f"max_gain = {limits.max_gain:g}")
+    limits.check("controller", lg_action_bound(controller, limits.box))
 
 
-def build_numpy_policy(params: PolicyParams, setup: RobotSetup) -> NumpyPolicy:
+def build_numpy_policy(params: PolicyParams, setup: RobotSetup,
+                       limits: ActionLimits | None = None) -> NumpyPolicy:
     """NumpyPolicy u = f((x[obs_indices] − obs_mean)/obs_std) for this robot; ShapeError if it does not fit.
 
     params: mbpl_core.policy.PolicyParams (the message carries obs_indices and state_dim). Checks
-    state_dim = dX and dU of the robot, and that the action at x = 0 is finite, so a policy whose
-    weights overflow is never deployed.
+    state_dim = dX and dU of the robot; with ``limits``, that a sound bound of the action over the whole
+    reachable state box (interval propagation) and the action std are within them, so a policy whose
+    weights would command huge or non-finite efforts anywhere the robot can be is never deployed.
     """
-    if params.state_dim != setup.dX:
-        raise ShapeError(f"policy is for states of dX = {params.state_dim}, the robot has dX = {setup.dX}")
-    if params.dU != setup.dU:
-        raise ShapeError(f"policy has {params.dU} actions, the robot has dU = {setup.dU}")
+    require_params_shape(params, setup.dX, setup.dU)
+    if limits is not None:
+        gain = policy_gain_bound(params)
+        if not gain <= limits.max_policy_gain:
+            raise ShapeError(f"policy gain bound max |du/dx| <= {gain:.3g} exceeds max_policy_gain = "
+                             f"{limits.max_policy_gain:g}")
+        limits.check("policy", policy_action_bound(params, limits.box))
     policy = NumpyPolicy(params)
     policy.act(0, np.zeros(setup.dX), None)  # raises ShapeError on a non-finite action
     return policy
@@ -214,13 +283,19 @@ class ControllerStore:
             OrderedDict() for _ in range(num_conditions)]
         self.history = history
 
-    def add(self, condition: int, controller_id: int, controller: LinearGaussianController) -> None:
-        """Store a validated controller as the newest of its condition, evicting the oldest beyond history."""
+    def add(self, condition: int, controller_id: int, controller: LinearGaussianController,
+            keep: frozenset[int] = frozenset()) -> None:
+        """Store a validated controller as the newest of its condition, evicting the oldest beyond history.
+
+        Ids in ``keep`` (those a queued, running or last refused request names) are never evicted, so
+        however many other controllers arrive, the one the trainer asked for stays.
+        """
         store = self._by_condition[condition]
         store.pop(controller_id, None)  # a re-sent id becomes the newest again
         store[controller_id] = controller
-        while len(store) > self.history:
-            store.popitem(last=False)
+        evictable = [cid for cid in store if cid not in keep and cid != controller_id]
+        while len(store) > self.history and evictable:
+            del store[evictable.pop(0)]
 
     def get(self, condition: int, controller_id: int) -> tuple[int, LinearGaussianController] | None:
         """(id, controller); controller_id 0 means the newest accepted one. None if not received."""
@@ -299,7 +374,8 @@ class TrialRefusedError(ValueError):
 class TrialRequest:
     """RunTrial: condition m, trial id, "lg" | "policy", noise seed, add_noise, expected controller id.
 
-    controller_id 0 means the newest accepted controller of the condition (ignored for "policy").
+    controller_id 0 means the newest accepted controller of the condition (ignored for "policy");
+    run_token: the run the caller belongs to (refused unless it is the sampler's).
     """
 
     condition: int
@@ -308,6 +384,7 @@ class TrialRequest:
     seed: int = 0
     add_noise: bool = True
     controller_id: int = 0
+    run_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -455,6 +532,8 @@ class SamplerCounters:
     trials_completed: int = 0
     trials_aborted: int = 0
     commands_published: int = 0
+    tokens_rejected: int = 0
+    stale_states: int = 0
     last_reject_reason: str = ""
     last_refuse_reason: str = ""
     last_abort_reason: str = ""
@@ -529,6 +608,15 @@ class Sampler:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._controllers = ControllerStore(setup.num_conditions, params.controller_history)
+        self._wanted: dict[int, int] = {}  # condition → controller id the last RunTrial of it named
+        self.limits = ActionLimits(params.max_gain, params.max_policy_gain,
+                                   setup.state_box(params.joint_velocity_limit),
+                                   setup.effort_limits, params.max_action_ratio, params.max_noise_ratio)
+        self.max_state_age_s = params.max_state_age or 5.0 * (1.0 / params.rate_hz if params.rate_hz > 0
+                                                               else setup.dt)
+        self.trial_running = threading.Event()  # set while the control loop runs a trial (realtime)
+        self._last_reject_log_ns = -NS_PER_S * 10
+        self._unlogged_rejects = 0
         self._policy: tuple[int, NumpyPolicy] | None = None
         self._queue: deque[QueuedTrial] = deque()
         self._running_id: int | None = None
@@ -549,10 +637,13 @@ class Sampler:
                            "controllers fitted at dt run at another period")
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the worker thread and, in realtime mode, the control loop (the safe hold begins)."""
+    def start(self, control_loop: bool = True) -> None:
+        """Start the worker thread and, in realtime mode, the control loop (the safe hold begins).
+
+        control_loop False: the caller drives :meth:`tick` itself (tests on a fake clock).
+        """
         self._worker.start()
-        if self.loop is not None:
+        if self.loop is not None and control_loop:
             self.loop.start()
             if self.loop.priority and self.loop.started.wait(5.0):
                 level = "warn" if self.loop.scheduling.startswith("normal") else "info"
@@ -588,37 +679,67 @@ class Sampler:
     def _reject(self, kind: str, reason: str) -> None:
         setattr(self.counters, f"{kind}_rejected", getattr(self.counters, f"{kind}_rejected") + 1)
         self.counters.last_reject_reason = reason
-        self.io.log("warn", f"rejected {reason}; the last good one stays")
+        now = self.clock()
+        if now - self._last_reject_log_ns < NS_PER_S:  # a flood of bad messages must not flood the log
+            self._unlogged_rejects += 1
+            return
+        self._last_reject_log_ns = now
+        more = f" (and {self._unlogged_rejects} more in the last second)" if self._unlogged_rejects else ""
+        self._unlogged_rejects = 0
+        self.io.log("warn", f"rejected {reason}; the last good one stays{more}")
+
+    def token_ok(self, run_token: str) -> bool:
+        """True iff ``run_token`` is this sampler's (constant-time comparison)."""
+        return hmac.compare_digest(str(run_token).encode(), self.params.run_token.encode())
+
+    def _foreign(self, run_token: str) -> bool:
+        """True (and counted) when ``run_token`` is not this sampler's."""
+        if self.token_ok(run_token):
+            return False
+        self.counters.tokens_rejected += 1
+        return True
 
     def offer_controller(self, condition: int, controller_id: int,
-                         controller: LinearGaussianController | Exception) -> bool:
+                         controller: LinearGaussianController | Exception, run_token: str = "") -> bool:
         """Validate and store a controller (or count the conversion error it is); True if accepted."""
         self.counters.controllers_received += 1
         what = f"controller {controller_id} for condition {condition}"
+        if self._foreign(run_token):
+            self._reject("controllers", f"{what}: unknown run_token (not from this run)")
+            return False
         if isinstance(controller, Exception):
             self._reject("controllers", f"{what}: {controller}")
             return False
         try:
             if not 0 <= condition < self.setup.num_conditions:
                 raise ShapeError(f"condition out of range [0, {self.setup.num_conditions})")
-            validate_controller(controller, self.setup, self.params.max_gain)
-        except (ShapeError, ValueError) as err:
+            validate_controller(controller, self.setup, self.limits)
+        except Exception as err:  # noqa: BLE001 - any failure is a rejection, never a sampler exit
             self._reject("controllers", f"{what}: {err}")
             return False
         with self._lock:
-            self._controllers.add(condition, controller_id, controller)
+            self._controllers.add(condition, controller_id, controller, self._pinned(condition))
         self.io.log("info", f"accepted {what}")
         return True
 
-    def offer_policy(self, policy_id: int, weights: PolicyParams | Exception) -> bool:
+    def _pinned(self, condition: int) -> frozenset[int]:
+        """Controller ids of a condition that queued, running or the last requested trials name."""
+        ids = {q.controller_id for q in self._queue if q.request.condition == condition}
+        wanted = self._wanted.get(condition)
+        return frozenset(ids | ({wanted} if wanted else set()))
+
+    def offer_policy(self, policy_id: int, weights: PolicyParams | Exception, run_token: str = "") -> bool:
         """Validate and deploy policy weights (or count the conversion error); True if accepted."""
         self.counters.policies_received += 1
+        if self._foreign(run_token):
+            self._reject("policies", f"policy {policy_id}: unknown run_token (not from this run)")
+            return False
         if isinstance(weights, Exception):
             self._reject("policies", f"policy {policy_id}: {weights}")
             return False
         try:
-            policy = build_numpy_policy(weights, self.setup)
-        except (ShapeError, ValueError) as err:
+            policy = build_numpy_policy(weights, self.setup, self.limits)
+        except Exception as err:  # noqa: BLE001 - any failure is a rejection, never a sampler exit
             self._reject("policies", f"policy {policy_id}: {err}")
             return False
         with self._lock:
@@ -630,6 +751,13 @@ class Sampler:
         """Accept (queue) or refuse a RunTrial request at once; returns (accepted, message)."""
         with self._wake:
             self.counters.trials_requested += 1
+            if self._foreign(request.run_token):
+                self.counters.trials_refused += 1
+                self.counters.last_refuse_reason = "unknown run_token (not from this run)"
+                return False, self.counters.last_refuse_reason
+            if request.policy_kind == "lg" and request.controller_id and \
+                    0 <= request.condition < self.setup.num_conditions:
+                self._wanted[request.condition] = request.controller_id
             queued_ids = [q.request.trial_id for q in self._queue]
             if request.trial_id == self._running_id or request.trial_id in queued_ids:
                 return True, f"trial {request.trial_id} is already queued"
@@ -758,8 +886,16 @@ class Sampler:
         assert self.loop is not None
         active = _ActiveTrial(recorder, self.step_stats.deadline_misses)
         self._active = active
+        self.trial_running.set()
+        try:
+            return self._await_active(active, recorder)
+        finally:
+            self.trial_running.clear()
+
+    def _await_active(self, active: _ActiveTrial, recorder: TrialRecorder) -> TrialResult:
+        assert self.loop is not None
         while not active.done.wait(0.1):
-            if self._stop.is_set() or not self.loop.running:
+            if self._stop.is_set() or (self.loop.started.is_set() and not self.loop.running):
                 self._active = None
                 died = f"control loop died: {self.loop.error}"
                 reason = "sampler shutting down" if self._stop.is_set() else died
@@ -769,11 +905,23 @@ class Sampler:
 
     # -- realtime control loop ---------------------------------------------------------------------------
     def _fresh(self, reading: JointReading | None, now_ns: int) -> bool:
-        timeout_ns = self.params.state_timeout * NS_PER_S
-        return reading is not None and now_ns - reading.received_ns <= timeout_ns
+        """The reading is at most max_state_age old (a few control periods: a reading reused longer
+        than that is a driver fault, not jitter)."""
+        return reading is not None and now_ns - reading.received_ns <= self.max_state_age_s * NS_PER_S
+
+    def _stale_reason(self, reading: JointReading | None, now_ns: int) -> str:
+        if reading is None:
+            return self._no_state_reason()
+        age_ms = (now_ns - reading.received_ns) * 1e-6
+        return (f"stale state: the latest joint state is {age_ms:.1f} ms old, beyond max_state_age = "
+                f"{self.max_state_age_s * 1e3:g} ms")
 
     def tick(self, info: TickInfo) -> None:
-        """One control period: a step of the active trial, or the safe hold between trials."""
+        """One control period: a step of the active trial, or the safe hold between trials.
+
+        Total: any error of a step aborts the trial and commands the hold with zero effort, so the control
+        loop never dies on a message.
+        """
         reading = self.inbox.latest()
         fresh = self._fresh(reading, info.start_ns)
         active = self._active
@@ -782,10 +930,11 @@ class Sampler:
             return
         try:
             if not fresh:
-                raise TrialAbortError(self._no_state_reason())
+                self.counters.stale_states += 1
+                raise TrialAbortError(self._stale_reason(reading, info.start_ns))
             u = active.recorder.step(reading, self.wall())
-        except TrialAbortError as err:
-            active.abort_reason = str(err)
+        except Exception as err:  # noqa: BLE001 - TrialAbortError, or anything else: abort, hold
+            active.abort_reason = str(err) if isinstance(err, TrialAbortError) else f"internal error: {err!r}"
             self._end_active(active)
             self._publish(self._hold.command(reading, fresh=False))
             return

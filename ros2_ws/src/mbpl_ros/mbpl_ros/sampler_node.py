@@ -107,38 +107,49 @@ class SamplerNode(Node):
             policy, _ = load_policy_checkpoint(path)
         except (OSError, ValueError) as err:  # ShapeError and ConfigError are ValueErrors
             raise ConfigError(f"sampler: policy_checkpoint {path!r} cannot be loaded: {err}") from err
-        if not self.sampler.offer_policy(0, policy.params):
+        if not self.sampler.offer_policy(0, policy.params, self.params.run_token):
             raise ConfigError(f"sampler: policy_checkpoint {path!r} does not fit this robot: "
                               f"{self.sampler.counters.last_reject_reason}")
 
-    # -- inputs ----------------------------------------------------------------------------------------
+    # -- inputs: every callback is total, so no message can end the node -------------------------------
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             q, qd = self.joint_order.extract(msg)
-        except ShapeError as err:
-            self.sampler.on_bad_state(str(err))
+            stamp = conversions.time_to_seconds(msg.header.stamp)
+        except Exception as err:  # noqa: BLE001 - ShapeError or anything else: an invalid state
+            self.sampler.on_bad_state(str(err) or repr(err))
             return
-        self.sampler.on_state(q, qd, conversions.time_to_seconds(msg.header.stamp))
+        self.sampler.on_state(q, qd, stamp)
 
     def _on_controller(self, msg: ControllerMsg) -> None:
+        setup = self.sampler.setup
+        if not self.sampler.token_ok(msg.run_token):  # before any work on the arrays of a stranger
+            self.sampler.offer_controller(int(msg.condition), int(msg.controller_id),
+                                          ShapeError("unknown run_token"), msg.run_token)
+            return
         try:
-            controller: Any = conversions.msg_to_controller(msg)
-        except ShapeError as err:
+            controller: Any = conversions.msg_to_controller(msg, (setup.T, setup.dU, setup.dX))
+        except Exception as err:  # noqa: BLE001 - a malformed message is a rejection, never an exit
             controller = err
-        self.sampler.offer_controller(int(msg.condition), int(msg.controller_id), controller)
+        self.sampler.offer_controller(int(msg.condition), int(msg.controller_id), controller, msg.run_token)
 
     def _on_policy(self, msg: PolicyParameters) -> None:
         try:
-            weights: Any = conversions.msg_to_policy_params(msg)
-        except ShapeError as err:
+            weights: Any = conversions.msg_to_policy_params(msg) if self.sampler.token_ok(msg.run_token) \
+                else ShapeError("unknown run_token")
+        except Exception as err:  # noqa: BLE001 - a malformed message is a rejection, never an exit
             weights = err
-        self.sampler.offer_policy(int(msg.policy_id), weights)
+        self.sampler.offer_policy(int(msg.policy_id), weights, msg.run_token)
 
     def _on_run_trial(self, request: RunTrial.Request, response: RunTrial.Response) -> RunTrial.Response:
-        trial = TrialRequest(condition=int(request.condition), trial_id=int(request.trial_id),
-                             policy_kind=request.policy_kind, seed=int(request.seed),
-                             add_noise=bool(request.add_noise), controller_id=int(request.controller_id))
-        response.accepted, response.message = self.sampler.request_trial(trial)
+        try:
+            trial = TrialRequest(condition=int(request.condition), trial_id=int(request.trial_id),
+                                 policy_kind=str(request.policy_kind), seed=int(request.seed),
+                                 add_noise=bool(request.add_noise), controller_id=int(request.controller_id),
+                                 run_token=str(request.run_token))
+            response.accepted, response.message = self.sampler.request_trial(trial)
+        except Exception as err:  # noqa: BLE001 - a malformed request is refused, never an exit
+            response.accepted, response.message = False, f"refused: {err!r}"
         return response
 
     # -- SamplerIO --------------------------------------------------------------------------------------

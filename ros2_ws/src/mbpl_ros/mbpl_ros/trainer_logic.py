@@ -152,10 +152,13 @@ class TrialRequest:
 
 @dataclass(frozen=True)
 class TrialResult:
-    """A finished trial: the sample's CDR bytes (what the bag stores), its arrays and metadata."""
+    """A finished trial: the sample's CDR bytes (what the bag stores), its arrays and metadata.
+
+    batch is None only for an aborted trial (which may hold no step at all); never recorded.
+    """
 
     raw: bytes
-    batch: SampleBatch
+    batch: SampleBatch | None
     meta: SampleMetadata
 
 

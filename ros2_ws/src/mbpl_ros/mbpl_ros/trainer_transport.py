@@ -1,9 +1,12 @@
 """The trainer's link to the graph: RunTrial + samples, FitDynamics, UpdateController, with retries.
 
 * ``run_trial``: RunTrial until accepted (a refusal — e.g. "controller 7 for condition 2 not received
-  yet" — is retried with backoff 0.05 s → 1 s for up to ``refused_wait`` s), then wait up to
-  ``trial_timeout`` s for the sample with that trial_id on ``mbpl/samples`` (subscribed raw, so the
-  CDR bytes that go into the bags are exactly those on the wire);
+  yet" — is retried with backoff 0.05 s → 1 s for up to ``refused_wait`` s; after ``republish_after`` s
+  of "not received yet" the trainer republishes that controller as the iLQR node sent it, so a sampler
+  that lost it recovers at once), then wait up to ``trial_timeout`` s for the sample with that trial_id
+  on ``mbpl/samples`` (subscribed raw, so the CDR bytes that go into the bags are exactly those on the
+  wire). An aborted sample (maybe with no step: t_steps = 0) is returned as such and re-run by the loop;
+  a sample that does not decode is logged and counts as missing;
 * ``fit_dynamics`` / ``update_controller``: asked again after ``service_timeout`` s without an answer
   (a restarted server may have lost the request); safe because both services are idempotent. An
   answer with success = false raises :class:`~mbpl_ros.trainer_logic.StepFailedError`;
@@ -12,7 +15,9 @@
 * ``controller`` (GPS mode): an LG controller by id as the iLQR node published it on ``mbpl/controllers``
   (subscribed transient-local, so the initial ones published before the trainer started arrive too).
 
-Every wait checks for SIGINT/SIGTERM and leaves with ExternalShutdownException.
+Every request and publication carries the run's ``run_token``; controllers on ``mbpl/controllers``
+with another token are ignored. Every subscription callback is total (a bad message is logged, never
+raised). Every wait checks for SIGINT/SIGTERM and leaves with ExternalShutdownException.
 """
 
 from __future__ import annotations
@@ -45,6 +50,16 @@ CONTROLLERS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
 KEPT_CONTROLLERS = 256  # newest controller messages kept by id (a few iterations of many conditions)
 
 
+def decode_sample(raw: bytes) -> TrialResult:
+    """A TrajectorySample's CDR bytes as a TrialResult; an aborted one (possibly with no step, t_steps = 0)
+    keeps its metadata only (batch None), so the loop sees the abort and re-runs the trial."""
+    msg = deserialize_message(raw, TrajectorySample)
+    if msg.aborted:
+        return TrialResult(raw, None, conversions.msg_to_sample_metadata(msg))
+    batch, meta = conversions.msg_to_sample(msg)
+    return TrialResult(raw, batch, meta)
+
+
 class GraphTransport:
     """trainer_logic.Transport over the graph's services and topics, on the trainer's node.
 
@@ -70,6 +85,8 @@ class GraphTransport:
         self._controllers: OrderedDict[int, Any] = OrderedDict()  # controller id → message
         node.create_subscription(ControllerMsg, "mbpl/controllers", self._on_controller, CONTROLLERS_QOS,
                                  callback_group=group)
+        self._controller_pub = node.create_publisher(ControllerMsg, "mbpl/controllers", CONTROLLERS_QOS)
+        self.republished: list[int] = []  # controller ids republished after refusals (diagnostics, tests)
 
     def get_logger(self) -> Any:
         return self.node.get_logger()
@@ -85,13 +102,19 @@ class GraphTransport:
             raise ExternalShutdownException()
 
     def _on_sample(self, raw: bytes) -> None:
-        trial = int(deserialize_message(raw, TrajectorySample).trial_id)
+        try:
+            trial = int(deserialize_message(raw, TrajectorySample).trial_id)
+        except Exception as err:  # noqa: BLE001 - a callback must never raise
+            self.get_logger().warning(f"undecodable message on mbpl/samples ignored: {err!r}")
+            return
         with self._cv:
             if trial in self._samples:
                 self._samples[trial] = bytes(raw)
                 self._cv.notify_all()
 
     def _on_controller(self, msg: ControllerMsg) -> None:
+        if msg.run_token != self.params.run_token:
+            return  # not from this run's iLQR node
         with self._cv:
             self._controllers[int(msg.controller_id)] = msg
             self._controllers.move_to_end(int(msg.controller_id))
@@ -124,7 +147,7 @@ class GraphTransport:
     def run_trial(self, request: TrialRequest) -> TrialResult | None:
         msg = RunTrial.Request(condition=request.condition, trial_id=request.trial_id, seed=request.seed,
                                policy_kind=request.policy_kind, add_noise=request.add_noise,
-                               controller_id=request.controller_id)
+                               controller_id=request.controller_id, run_token=self.params.run_token)
         with self._cv:
             self._samples[request.trial_id] = None
         try:
@@ -135,14 +158,22 @@ class GraphTransport:
                                   self.params.trial_timeout)
                 raw = self._samples[request.trial_id]
             self._check_running()
-            return None if raw is None else self.decode(raw)
+            if raw is None:
+                return None
+            try:
+                return self.decode(raw)
+            except Exception as err:  # noqa: BLE001 - a malformed sample is a missing one, re-run
+                self.get_logger().error(f"sample of trial {request.trial_id} does not decode: {err}")
+                return None
         finally:
             with self._cv:
                 self._samples.pop(request.trial_id, None)
 
     def _until_accepted(self, msg: RunTrial.Request) -> bool:
         """Ask until the sampler accepts, backing off 0.05 s → 1 s; False after refused_wait seconds."""
-        deadline, delay, last = time.monotonic() + self.params.refused_wait, 0.05, ""
+        start = time.monotonic()
+        deadline, delay, last = start + self.params.refused_wait, 0.05, ""
+        republish_at = start + self.params.republish_after
         while time.monotonic() < deadline:
             response = self._call(self._trial, msg, min(10.0, self.params.refused_wait))
             if response is not None and response.accepted:
@@ -150,14 +181,28 @@ class GraphTransport:
             if response is not None and response.message != last:
                 last = response.message
                 self.get_logger().info(f"trial {msg.trial_id} refused: {last}; retrying")
+            missing = response is not None and "not received yet" in response.message
+            if missing and msg.controller_id and time.monotonic() >= republish_at:
+                self._republish(int(msg.controller_id))
+                republish_at = time.monotonic() + self.params.republish_after
             time.sleep(delay)
             delay = min(1.0, 2.0 * delay)
         self.get_logger().warning(f"trial {msg.trial_id} still refused after {self.params.refused_wait:g} s")
         return False
 
+    def _republish(self, controller_id: int) -> None:
+        """Publish controller ``controller_id`` again as the iLQR node sent it (if this trainer has it)."""
+        with self._cv:
+            msg = self._controllers.get(controller_id)
+        if msg is None:
+            self.get_logger().warning(f"controller {controller_id} refused as missing and not known here")
+            return
+        self.get_logger().warning(f"the sampler lacks controller {controller_id}: republishing it")
+        self._controller_pub.publish(msg)
+        self.republished.append(controller_id)
+
     def decode(self, raw: bytes) -> TrialResult:
-        batch, meta = conversions.msg_to_sample(deserialize_message(raw, TrajectorySample))
-        return TrialResult(raw, batch, meta)
+        return decode_sample(raw)
 
     def _ask(self, client: Any, request: Any, what: str) -> Any:
         """Call an idempotent service until it answers (asked again after a timeout); raise if it fails."""
@@ -209,4 +254,5 @@ class GraphTransport:
     def publish_policy(self, params: PolicyParams, policy_id: int) -> None:
         """Publish a trained policy (weights, normalisation, obs_indices) for the sampler to deploy."""
         stamp = self.node.get_clock().now().to_msg()
-        self._policy_pub.publish(conversions.policy_params_to_msg(params, policy_id, stamp))
+        self._policy_pub.publish(conversions.policy_params_to_msg(params, policy_id, stamp,
+                                                                  self.params.run_token))
