@@ -44,6 +44,7 @@ setup(
             "fitting_node = mbpl_ros.fitting_node:main",
             "ilqr_node = mbpl_ros.ilqr_node:main",
             "trainer_node = mbpl_ros.trainer_node:main",
+            "safety_monitor = mbpl_ros.safety_monitor:main",
             "mbpl = mbpl_ros.cli:main",
         ],
     },
