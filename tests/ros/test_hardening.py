@@ -352,3 +352,16 @@ def test_foreign_run_tokens_are_refused_and_counted(experiment_file, setup) -> N
         False, "unknown run_token (not from this run)")
     assert sampler.request_trial(TrialRequest(0, 1, controller_id=1, run_token="s3cret"))[0]
     assert sampler.counters.tokens_rejected == 4 and sampler.diagnostics()[2]["tokens_rejected"] == "4"
+
+
+# ------------------------------------------------------------------------------ safety monitor
+def test_the_command_monitor_flags_wrong_length_non_finite_and_over_limit_efforts() -> None:
+    from mbpl_ros.safety_monitor import CommandMonitor
+
+    monitor = CommandMonitor(np.array([4.0, 3.0]))
+    assert monitor.check([4.0, -3.0]) == "" and monitor.check([0.0, 0.0]) == ""
+    assert "2 efforts" not in monitor.check([1.0, 1.0])
+    assert "1 efforts, expected 2" in monitor.check([1.0])
+    assert "non-finite" in monitor.check([np.nan, 0.0])
+    assert "beyond the limits" in monitor.check([0.0, -3.0000001])
+    assert monitor.commands_seen == 6 and monitor.unsafe_commands == 3 and monitor.nonzero_commands == 3
