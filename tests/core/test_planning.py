@@ -384,3 +384,18 @@ def test_planning_pins_torch_threads_and_restores_them() -> None:
                         PlannerConfig(horizon=3, population=8, elites=2, iterations=1, particles=1))
     mpc.plan(X0_LQR, 0)
     assert set(seen) == {1} and torch.get_num_threads() == threads
+
+
+def test_the_probabilistic_ensemble_is_a_model_the_planner_runs_on() -> None:
+    """Contract with mbpl_core.models (planning itself never imports it): a small untrained ensemble."""
+    from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble
+
+    ensemble = ProbabilisticEnsemble(4, 2, EnsembleConfig(members=2, elites=2, hidden=(8,), device="cpu"))
+    assert isinstance(ensemble, DynamicsModel)
+    config = PlannerConfig(horizon=4, population=16, elites=4, iterations=2, particles=4, seed=2)
+    plans = []
+    for _ in range(2):
+        mpc = MPCController(ensemble, quadratic_cost(), np.ones(2), 10, config)
+        plans.append(mpc.plan(X0_LQR, 0))
+        assert np.isfinite(plans[-1].predicted_cost) and plans[-1].actions.shape == (4, 2)
+    assert np.array_equal(plans[0].actions, plans[1].actions)
