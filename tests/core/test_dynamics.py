@@ -129,9 +129,17 @@ def test_fitter_keeps_max_samples_warm_starts_and_pickles(random_stable_system: 
     rng = np.random.default_rng(6)
     system = random_stable_system(rng, T, dX, dU)
     fitter = DynamicsFitter(DynamicsFitConfig(max_samples=8, min_samples_per_cluster=30, max_clusters=3))
-    for _ in range(3):
-        fitter.update(_batch(system, rng, N=5, noise_std=0.05))
+    batches = [_batch(system, rng, N=5, noise_std=0.05) for _ in range(3)]
+    for batch in batches:
+        fitter.update(batch)
     assert fitter.prior.num_samples == 8
+    # The newest 8 of the 15 trajectories: the last two batches and the last three of the first.
+    np.testing.assert_array_equal(fitter.prior.X, np.concatenate([b.X for b in batches])[-8:])
+    x0 = fitter.prior.X[:, 0]
+    mean, var = fitter.prior.initial_state()
+    for j in range(dX):
+        np.testing.assert_allclose(mean[j], sum(x0[:, j]) / 8, rtol=1e-12)
+        np.testing.assert_allclose(var[j], sum((x0[:, j] - mean[j]) ** 2) / 8, rtol=1e-12)
     assert fitter.prior.gmm.K == 3 and fitter.prior.gmm.last_warm_started
     clone = pickle.loads(pickle.dumps(fitter))
     batch = _batch(system, rng, N=5, noise_std=0.05)

@@ -63,6 +63,19 @@ def test_loop_drives_cost_down_and_reaches_the_target(point_mass_env) -> None:  
     assert phases <= wall  # the phase clocks partition (part of) the run, nothing is counted twice
 
 
+def test_reported_cost_is_the_mean_over_samples_of_the_summed_cost(point_mass_env) -> None:  # noqa: ANN001
+    # A twin loop with the same seed draws the same noise: its first batches are the ones the loop sampled.
+    config = AlgorithmConfig(seed=5, samples_per_condition=3)
+    cost = _cost(point_mass_env)
+    report = LQRFLM(point_mass_env, cost, config).iteration()
+    twin = LQRFLM(point_mass_env, cost, config)
+    for m in range(point_mass_env.num_conditions):
+        batch = twin.sample_condition(m)
+        costs = [sum(float(cost.evaluate(batch.X[n], batch.U[n], None).l[t]) for t in range(batch.T))
+                 for n in range(batch.N)]
+        assert report.mean_cost[m] == pytest.approx(sum(costs) / len(costs), rel=1e-12)
+
+
 def test_same_seed_gives_identical_reports_and_controllers(point_mass_env) -> None:  # noqa: ANN001
     runs = []
     for _ in range(2):

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.stats
 from _helpers_traj import (
     block_qp_value_and_gains,
     expected_total_cost_oracle,
@@ -26,11 +27,14 @@ from mbpl_core.local.traj_opt import (
     KLSearchError,
     KLStepConfig,
     NotPositiveDefiniteError,
+    _next_eta,
     adapt_step_mult,
+    augmented_cost,
     expected_cost,
     kl_constrained_update,
     lqr_backward_pass,
     lqr_forward_pass,
+    reference_log_density_terms,
     trajectory_kl,
 )
 
@@ -391,3 +395,46 @@ def test_adapt_step_mult_matches_the_rule_written_out(previous: float, predicted
     for step_mult in (0.3, 1.0, 4.0):
         got = adapt_step_mult(step_mult, previous, predicted, actual, 0.05, 8.0)
         assert got == pytest.approx(step_rule_oracle(step_mult, previous, predicted, actual, 0.05, 8.0))
+
+
+def test_reference_log_density_terms_are_the_gaussian_log_density(problem) -> None:
+    """0.5 zᵀMz + zᵀv differs from −log N(u; Kx + k, Σ) by the same constant at every z = [x; u]."""
+    quad, _, ref = problem
+    M, v = reference_log_density_terms(ref)
+    np.testing.assert_allclose(M, np.swapaxes(M, 1, 2), atol=1e-12)
+    rng = np.random.default_rng(5)
+    for t in (0, T - 1):
+        gaps = []
+        for _ in range(3):
+            x, u = rng.normal(size=dX), rng.normal(size=dU)
+            z = np.concatenate([x, u])
+            neg_log = -scipy.stats.multivariate_normal(ref.K[t] @ x + ref.k[t], ref.pol_covar[t]).logpdf(u)
+            gaps.append(neg_log - (0.5 * z @ M[t] @ z + z @ v[t]))
+        np.testing.assert_allclose(gaps, gaps[0], atol=1e-10)
+    fCm, fcv = augmented_cost(quad, 0.5, ref)
+    np.testing.assert_allclose(fCm, 2.0 * quad.Cm + M, atol=1e-12)  # quad.Cm is symmetric here
+    np.testing.assert_allclose(fcv, 2.0 * quad.cv + v, atol=1e-12)
+
+
+def test_eta_search_steps_expand_tenfold_then_bisect_in_log_space() -> None:
+    config = KLStepConfig(min_eta=1e-6, max_eta=1e16)
+    # KL too large at η = 1 with nothing above it tried yet: ×10.
+    assert _next_eta(1.0, 1.0, 1e16, True, config) == pytest.approx(10.0)
+    # Bracketed in [1, 100]: the geometric midpoint.
+    assert _next_eta(100.0, 1.0, 100.0, False, config) == pytest.approx(10.0)
+    assert _next_eta(1.0, 1.0, 100.0, True, config) == pytest.approx(10.0)
+    # KL too small at η = 1 with nothing below tried: ÷10, and never below min_eta.
+    assert _next_eta(1.0, 1e-6, 1.0, False, config) == pytest.approx(0.1)
+    assert _next_eta(5e-6, 1e-6, 5e-6, False, config) == config.min_eta  # lands on it exactly
+
+
+def test_eta_search_accepts_the_first_eta_within_the_tolerance(problem) -> None:
+    quad, dyn, ref = problem
+    eta0 = 2.0
+    controller = lqr_backward_pass(quad, dyn, eta=eta0, reference=ref).controller
+    kl0 = trajectory_kl(lqr_forward_pass(controller, dyn), controller, ref)
+    # ε chosen so that the KL at η0 is 40 % off: inside a 50 % tolerance, outside 25 %.
+    config = KLStepConfig(kl_tolerance=0.5)
+    result = kl_constrained_update(quad, dyn, ref, kl0 / 1.4, eta0, config)
+    assert (result.iterations, result.eta) == (1, eta0)
+    assert result.kl == pytest.approx(kl0, rel=1e-12)
