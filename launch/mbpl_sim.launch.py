@@ -1,10 +1,12 @@
 """ros2 launch file of the mbpl graph in simulation (full ROS 2 installs with launch_ros).
 
-    ros2 launch mbpl_ros mbpl_sim.launch.py config:=/path/to/experiment.yaml
+    ros2 launch mbpl_ros mbpl_sim.launch.py config:=/path/to/experiment.yaml [enclave_root:=/mbpl]
 
 The Node actions are built from :func:`mbpl_ros.bringup.graph_from_experiment`, the same description
 ``mbpl launch`` starts with its own process launcher, so the two cannot drift. As there, a node that
-exits ends the launch unless the experiment's ``ros.respawn`` lists it.
+exits ends the launch unless the experiment's ``ros.respawn`` lists it. A fresh run token is drawn per
+launch. With ``enclave_root`` (SROS2, ``ROS_SECURITY_ENABLE=true``) each node runs in the enclave
+``<enclave_root>/<node name>`` of the keystore.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mbpl_ros.bringup import graph_from_experiment, new_run_token
 def _graph_actions(context: Any) -> list[Any]:
     """Node actions of the experiment named by the ``config`` launch argument."""
     config = LaunchConfiguration("config").perform(context)
+    enclave_root = LaunchConfiguration("enclave_root").perform(context).rstrip("/")
     actions = []
     for spec in graph_from_experiment(config, run_token=new_run_token()):
         extra: dict[str, Any] = {}
@@ -29,6 +32,8 @@ def _graph_actions(context: Any) -> list[Any]:
             extra.update(respawn=True, respawn_delay=spec.respawn_delay)
         else:
             extra["on_exit"] = Shutdown(reason=f"{spec.name} exited")
+        if enclave_root:
+            extra["ros_arguments"] = ["--enclave", f"{enclave_root}/{spec.name}"]
         actions.append(
             Node(
                 package="mbpl_ros",
@@ -47,6 +52,8 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription(
         [
             DeclareLaunchArgument("config", description="experiment YAML file (robot, task, cost, ros)"),
+            DeclareLaunchArgument("enclave_root", default_value="",
+                                  description="SROS2: run each node in the enclave <enclave_root>/<name>"),
             OpaqueFunction(function=_graph_actions),
         ]
     )

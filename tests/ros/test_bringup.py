@@ -206,7 +206,7 @@ def test_launch_file_builds_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> N
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
-    opaque = description.args[0][1]
+    opaque = description.args[0][-1]
     nodes = opaque.kwargs["function"](context=None)
     expected = graph_from_experiment(REPO_ROOT / "configs/reacher2_sim.yaml", run_token="token-of-launch")
     got = [(n.kwargs["name"], n.kwargs["executable"]) for n in nodes]

@@ -23,10 +23,15 @@ Timing modes (:class:`SamplerParams.mode`):
   zero whenever the state is stale or invalid).
 
 A trial is aborted (its sample published with aborted = true and the reason) when no joint state
-arrives within ``state_timeout`` s, when a joint state is invalid (NaN/Inf, missing joints), or when the
-action is not finite. Controllers and policies are validated on arrival; a rejected one is counted with
-its reason and the last good one stays. A trial request snapshots the controller it will run, so a
-controller arriving during a trial only affects later trials (the swap happens at a trial boundary).
+arrives within ``state_timeout`` s (lockstep: each step; realtime: the first), when the latest joint
+state is older than ``max_state_age`` (realtime: a few control periods; zero effort in that same tick),
+when a joint state is invalid (NaN/Inf, missing joints), or when the action is not finite; any other
+error of a step aborts it too, so the control loop never dies. Controllers and policies are validated
+on arrival (run token, dimensions, gain bound, action and noise bounds over the reachable state box:
+:mod:`mbpl_ros.action_bounds`); a rejected one is counted with its reason and the last good one stays,
+and RunTrial requests with another run token are refused. A trial request snapshots the controller it
+will run, so a controller arriving during a trial only affects later trials (the swap happens at a
+trial boundary); the controller a queued or the last requested trial names is never evicted.
 """
 
 from __future__ import annotations
