@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -219,7 +219,8 @@ def test_recovers_a_linear_system_and_its_noise_variance(trained_linear: Trained
     rms_mean_error = np.sqrt(np.mean((mean - system.mean(X, U)) ** 2))
     assert rms_mean_error < 0.4 * SIGMA
     assert 1 / 1.5 < np.median(var) / SIGMA**2 < 1.5
-    assert np.all((var > 0.5 * SIGMA**2) & (var < 2.0 * SIGMA**2))
+    low, high = np.percentile(var, [5, 95]) / SIGMA**2  # not min/max: a few test states lie off the data
+    assert 0.6 < low and high < 1.8
     true_nll, model_nll = system.nll(X, U, X_next), gaussian_nll_numpy(X_next, mean, var)
     assert true_nll - 0.05 < model_nll < true_nll + 0.2
 
@@ -266,23 +267,27 @@ def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not() -> No
     assert first["layers.0.weight"] != other["layers.0.weight"]
 
 
-def test_same_seed_gives_the_same_weights_in_another_process() -> None:
-    script = textwrap.dedent(
-        """
-        import hashlib, sys
-        import torch
-        sys.path.insert(0, sys.argv[1])
-        torch.set_num_threads(1)
-        from test_ensemble import state_bytes, train_tiny
-        print(hashlib.sha256(b"".join(state_bytes(train_tiny(7)[0]).values())).hexdigest())
-        """
-    )
-    import hashlib
-    from pathlib import Path
+DIGEST_SCRIPT = """
+import hashlib
+import numpy as np
+from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, train_ensemble
+config = EnsembleConfig(members=3, elites=2, hidden=(16, 16), batch_size=32, max_epochs=4, device="cpu")
+data = np.random.default_rng(1).standard_normal((3, 300, 3))
+rng = np.random.default_rng(7)
+model = ProbabilisticEnsemble(3, 2, config, rng)
+train_ensemble(model, data[0], data[1, :, :2], data[0] + 0.1 * data[2], config, rng)
+digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values())).hexdigest()
+"""
 
-    here = str(Path(__file__).resolve().parent)
-    out = subprocess.run([sys.executable, "-c", script, here], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == hashlib.sha256(b"".join(state_bytes(train_tiny(7)[0]).values())).hexdigest()
+
+def test_same_seed_gives_the_same_weights_in_another_process() -> None:
+    """A fresh interpreter on one thread (no pytest, no test module) trains to the same bytes."""
+    namespace: dict[str, object] = {}
+    exec(DIGEST_SCRIPT, namespace)  # noqa: S102 - the same source runs in both processes
+    script = "import torch\ntorch.set_num_threads(1)\n" + DIGEST_SCRIPT + "print(digest)\n"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == namespace["digest"]
 
 
 def member_holdout_nll(
