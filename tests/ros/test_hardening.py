@@ -365,3 +365,18 @@ def test_the_command_monitor_flags_wrong_length_non_finite_and_over_limit_effort
     assert "non-finite" in monitor.check([np.nan, 0.0])
     assert "beyond the limits" in monitor.check([0.0, -3.0000001])
     assert monitor.commands_seen == 6 and monitor.unsafe_commands == 3 and monitor.nonzero_commands == 3
+
+
+def test_the_state_box_holds_every_state_the_robot_reaches(experiment_file, setup) -> None:
+    """Oracle: x = state_vector(q, qd, target) for random q in the joint ranges, |qd| within the velocity
+    limits and every target lies in the box (the action bounds are only as good as the box)."""
+    box = Sampler(_params(experiment_file), setup, RecordingIO()).limits.box
+    model, kin = setup.kinematics.model, setup.kinematics
+    ranges = np.array([model.jnt_range[model.joint(n).id] for n in setup.joint_names])
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        q = rng.uniform(ranges[:, 0], ranges[:, 1])
+        qd = rng.uniform(-1.0, 1.0, setup.dU) * setup.velocity_limits
+        for target in setup.targets:
+            x = kin.state_vector(q, qd, target)
+            assert np.all(x >= box.low - 1e-12) and np.all(x <= box.high + 1e-12)
