@@ -184,6 +184,10 @@ class ProbabilisticEnsemble(nn.Module):
         return self.max_logvar.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        return DTYPE
+
+    @property
     def elite_indices(self) -> tuple[int, ...]:
         return tuple(int(i) for i in self.elites.tolist())
 
@@ -301,7 +305,7 @@ class TrainReport:
     """What :func:`train_ensemble` did. NLLs are nats per transition, raw units (comparable across runs).
 
     train_nll: (epochs,) mean over members of each epoch's minibatch NLL on their bootstrap resamples.
-    holdout_nll: (epochs, B) each member's held-out NLL after each epoch (empty rows without a holdout).
+    holdout_nll: (epochs, B) each member's held-out NLL after each epoch (empty without a holdout).
     member_holdout_nll: (B,) held-out NLL of the weights kept (each member's best epoch); without a
     holdout, the final NLL on the training split. best_epochs: (B,) 1-based epoch of the weights kept.
     holdout_indices: rows of the training arrays held out.
@@ -420,6 +424,13 @@ class _BestWeights:
                 p.copy_(saved)
 
 
+def _check_same_architecture(model_config: EnsembleConfig, config: EnsembleConfig) -> None:
+    for name in ("members", "elites", "hidden", "activation"):
+        if getattr(model_config, name) != getattr(config, name):
+            raise ConfigError(f"train_ensemble: config.{name}={getattr(config, name)!r} differs from the "
+                              f"model's {getattr(model_config, name)!r}")
+
+
 def _split(N: int, ratio: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Random (train rows, holdout rows) with round(ratio · N) held out (at most N − 1)."""
     perm = rng.permutation(N)
@@ -442,9 +453,11 @@ def train_ensemble(
     minibatches (members stepped together). Stops after config.patience epochs without a member improving
     its held-out NLL, keeps each member's best weights, and makes the config.elites members of lowest
     held-out NLL the elites. With holdout_ratio = 0 all max_epochs run and elites rank by training NLL.
-    config supplies the training settings (the architecture is the model's).
+    config supplies the training settings; its architecture fields must be the model's (ConfigError).
+    Later calls refit the normalisers to the new data and continue from the current weights (mbrl-lib).
     """
     start_time = time.perf_counter()
+    _check_same_architecture(model.config, config)
     X, U, X_next = check_transitions(model, X, U, X_next)
     train_rows, hold_rows = _split(X.shape[0], config.holdout_ratio, rng)
     model.fit_normalisers(X[train_rows], U[train_rows], X_next[train_rows])

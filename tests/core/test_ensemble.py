@@ -355,7 +355,7 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path: pytest.TempP
     torch.testing.assert_close(steps[0], steps[1], rtol=0, atol=0)
 
 
-def test_shape_errors() -> None:
+def test_shape_and_config_errors() -> None:
     model = ProbabilisticEnsemble(3, 2, TINY_CONFIG)
     with pytest.raises(ShapeError):
         model.predict_numpy(np.zeros((4, 3)), np.zeros((4, 3)))
@@ -364,3 +364,7 @@ def test_shape_errors() -> None:
                        np.random.default_rng(0))
     with pytest.raises(ShapeError):
         model.set_elites((0, 0))
+    with pytest.raises(ConfigError):
+        X, U, X_next = random_transitions(np.random.default_rng(0), 20)
+        train_ensemble(model, X, U, X_next, dataclasses.replace(TINY_CONFIG, members=4),
+                       np.random.default_rng(0))
