@@ -3,6 +3,9 @@
 * A trial that aborts before its first step (``ros.sim: false``, no driver yet: stale state at the start)
   publishes a sample with t_steps = 0; the trainer re-runs it and, once a driver streams joint states,
   finishes the iteration (it used to die decoding that sample).
+* A sampler killed with an accepted trial and started again gets the trial again: the trainer re-sends
+  the request every ``requery_after`` s while the sample is missing, instead of waiting out
+  ``trial_timeout``.
 * A sampler that lost the controller the trainer asks for (evicted by others before it was asked for)
   gets it back: the trainer republishes it after ``republish_after`` s of "not received yet" instead of
   retrying for ``refused_wait`` s and giving up.
@@ -125,3 +128,45 @@ def test_a_trial_aborted_before_its_first_step_is_rerun_once_the_driver_streams(
                         {"config": str(config), "mode": "realtime", "realtime_rate": 100.0})
     assert trainer.wait(timeout=4 * TIMEOUT) == 0, ros_processes.output(trainer)
     assert SampleStore(run_dir).count() == 2 * 3, "every sample recorded once, none of the aborted ones"
+
+
+def test_a_trial_lost_with_a_killed_sampler_is_queued_again_on_its_successor(
+    ros_processes, rclpy_node, experiment_file: Path
+) -> None:
+    env = MujocoEnv(load_experiment(experiment_file))
+    sampler_params = {"config": str(experiment_file), "mode": "lockstep", "reset_timeout": 60.0,
+                      "diagnostics_period": 0.1, "run_token": TOKEN}
+    first = ros_processes.start("mbpl_ros.sampler_node", "sampler", sampler_params)  # no sim yet: it hangs
+    transport = GraphTransport(rclpy_node, TrainerNodeParams(
+        config=str(experiment_file), run_token=TOKEN, requery_after=1.0, trial_timeout=25.0))
+    running = threading.Event()
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if {kv.key: kv.value for kv in status.values}.get("running_trial") == "7":
+                running.set()
+
+    rclpy_node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    ilqr = rclpy_node.create_publisher(ControllerMsg, "mbpl/controllers", CONTROLLERS_QOS)
+    ilqr.publish(conversions.controller_to_msg(_constant(env, 0.3), 1, 1002, run_token=TOKEN))
+    executor = MultiThreadedExecutor(context=rclpy_node.context)
+    executor.add_node(rclpy_node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    outcome: dict[str, object] = {}
+    request = TrialRequest(condition=1, trial_id=7, controller_id=1002, seed=0, add_noise=False)
+    asking = threading.Thread(target=lambda: outcome.update(result=transport.run_trial(request)))
+    try:
+        asking.start()
+        assert running.wait(TIMEOUT), "the first sampler never took trial 7"  # it waits for reset_sim
+        first.kill()  # SIGKILL with the accepted trial
+        first.wait()
+        ros_processes.start("mbpl_ros.sim_node", "sim", {"config": str(experiment_file), "mode": "lockstep"})
+        ros_processes.start("mbpl_ros.sampler_node", "sampler", sampler_params)
+        asking.join(timeout=4 * TIMEOUT)
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=10.0)
+    result = outcome.get("result")
+    assert result is not None, "the trial waited out trial_timeout: nobody asked the new sampler for it"
+    assert not result.meta.aborted and result.meta.trial_id == 7 and result.meta.controller_id == 1002

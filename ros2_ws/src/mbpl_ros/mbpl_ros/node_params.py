@@ -70,6 +70,9 @@ class TrainerNodeParams:
     max_attempts: int = param("attempts per trial (aborted or missing samples are re-run)", 5)
     evaluate: bool = param(
         "run one noiseless trial per condition after each iteration (final distance)", True)
+    requery_after: float = param(
+        "seconds without the sample of an accepted trial after which RunTrial is sent again (a restarted "
+        "sampler lost it; one that has it answers 'already queued')", 5.0)
     republish_after: float = param(
         "seconds of RunTrial refusals 'controller … not received yet' after which the trainer republishes "
         "that controller (as the iLQR node sent it) instead of waiting", 5.0)
@@ -80,7 +83,8 @@ class TrainerNodeParams:
         _require_config("trainer", self.config)
         if self.iterations < -1:
             raise ConfigError(f"trainer node: iterations must be >= -1, got {self.iterations}")
-        for name in ("trial_timeout", "service_timeout", "refused_wait", "republish_after"):
+        for name in ("trial_timeout", "service_timeout", "refused_wait", "republish_after",
+                     "requery_after"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"trainer node: {name} must be a positive number of seconds, got {value}")

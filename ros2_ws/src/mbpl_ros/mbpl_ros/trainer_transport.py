@@ -5,8 +5,9 @@
   of "not received yet" the trainer republishes that controller as the iLQR node sent it, so a sampler
   that lost it recovers at once), then wait up to ``trial_timeout`` s for the sample with that trial_id
   on ``mbpl/samples`` (subscribed raw, so the CDR bytes that go into the bags are exactly those on the
-  wire). An aborted sample (maybe with no step: t_steps = 0) is returned as such and re-run by the loop;
-  a sample that does not decode is logged and counts as missing;
+  wire), sending the request again every ``requery_after`` s meanwhile (a trial lost with a killed
+  sampler is queued again on its successor). An aborted sample (maybe with no step: t_steps = 0) is
+  returned as such and re-run by the loop; a sample that does not decode is logged and counts as missing;
 * ``fit_dynamics`` / ``update_controller``: asked again after ``service_timeout`` s without an answer
   (a restarted server may have lost the request); safe because both services are idempotent. An
   answer with success = false raises :class:`~mbpl_ros.trainer_logic.StepFailedError`;
@@ -153,10 +154,7 @@ class GraphTransport:
         try:
             if not self._until_accepted(msg):
                 return None
-            with self._cv:
-                self._cv.wait_for(lambda: self._stopping or self._samples[request.trial_id] is not None,
-                                  self.params.trial_timeout)
-                raw = self._samples[request.trial_id]
+            raw = self._await_sample(msg)
             self._check_running()
             if raw is None:
                 return None
@@ -168,6 +166,33 @@ class GraphTransport:
         finally:
             with self._cv:
                 self._samples.pop(request.trial_id, None)
+
+    def _await_sample(self, msg: RunTrial.Request) -> bytes | None:
+        """The sample of an accepted trial, or None after trial_timeout s.
+
+        Every ``requery_after`` s without it the request is sent again: a sampler that still has the
+        trial answers "already queued"; one restarted since (killed with the trial) queues it anew, so
+        the trial runs without waiting out trial_timeout. A refusal then goes back to the retry loop.
+        """
+        tid = int(msg.trial_id)
+        deadline = time.monotonic() + self.params.trial_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            with self._cv:
+                self._cv.wait_for(lambda: self._stopping or self._samples[tid] is not None,
+                                  max(0.0, min(remaining, self.params.requery_after)))
+                raw = self._samples[tid]
+            self._check_running()
+            if raw is not None or remaining <= self.params.requery_after:
+                return raw
+            response = self._call(self._trial, msg, min(10.0, self.params.requery_after))
+            if response is not None and not response.accepted:
+                self.get_logger().warning(f"trial {tid} lost by the sampler ({response.message}); "
+                                          "asking again")
+                if not self._until_accepted(msg):
+                    return None
+            elif response is not None and "already queued" not in response.message:
+                self.get_logger().warning(f"trial {tid} was lost by the sampler (restarted?); queued again")
 
     def _until_accepted(self, msg: RunTrial.Request) -> bool:
         """Ask until the sampler accepts, backing off 0.05 s → 1 s; False after refused_wait seconds."""
