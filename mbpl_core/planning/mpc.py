@@ -63,7 +63,7 @@ class MPCController:
     def __init__(self, model: DynamicsModel, cost: Cost, effort_limits: np.ndarray, T: int,
                  config: PlannerConfig, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
-        limits = np.asarray(effort_limits, dtype=np.float64)
+        limits = np.array(effort_limits, dtype=np.float64)  # a copy: torch refuses read-only arrays
         if limits.ndim != 1 or not np.all(np.isfinite(limits)) or np.any(limits <= 0):
             raise ValueError(f"effort_limits must be a finite positive (dU,) vector, got {limits}")
         if T < 1:

@@ -1,0 +1,110 @@
+"""Distil a planner into the deployable policy, DAgger-style (Ross et al., AISTATS 2011).
+
+The policy is the Gaussian MLP that GPS deploys (:class:`mbpl_core.guided.mdgps.GaussianMLPPolicy`,
+numpy forward pass on the robot). Round 0 regresses it onto the planner's own trajectories
+(states x_t, planned actions u_t). Each later round rolls the *policy* out noiselessly on every
+condition while the planner labels every state the policy visits with the action it would take there,
+adds those (x, u*) pairs to the data set and refits — so the policy learns what to do in the states
+it reaches itself, not only in the planner's (the distribution-shift fix DAgger is).
+
+Loss: Σ_i (π(x_i) − u*_i)ᵀ Λ (π(x_i) − u*_i) with Λ = diag(1 / (scale · effort_limits)²), i.e. the
+error measured in fractions of each joint's effort range, so joints with large limits do not dominate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mbpl_core.config import ConfigError
+from mbpl_core.containers import SampleBatch
+from mbpl_core.guided.mdgps import GaussianMLPPolicy, policy_to_params, train_policy
+from mbpl_core.local.lqr_flm import Environment, Policy
+from mbpl_core.policy import GPSConfig, NumpyPolicy
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """YAML section ``pets.distill``.
+
+    rounds: DAgger rounds after round 0 (the planner's own data); 0 with ``enabled`` still fits round 0.
+    enabled: distil at all; action_scale: the loss weights actions by 1/(action_scale · effort_limit)²,
+    which also makes the policy's action covariance (action_scale · effort_limits)²;
+    policy: network and Adam settings (the ``gps:`` keys hidden_sizes, activation, learning_rate,
+    weight_decay, batch_size, iterations, seed, device; the MDGPS-only keys are ignored).
+    """
+
+    enabled: bool = True
+    rounds: int = 3
+    action_scale: float = 0.1
+    policy: GPSConfig = field(default_factory=lambda: GPSConfig(iterations=3000, refit_normalization=True))
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"pets.distill.rounds must be >= 0, got {self.rounds}")
+        if not (np.isfinite(self.action_scale) and self.action_scale > 0):
+            raise ConfigError(f"pets.distill.action_scale must be > 0, got {self.action_scale}")
+
+
+class LabellingPolicy:
+    """Acts with ``policy`` and records what ``expert`` would do in each visited state (DAgger)."""
+
+    def __init__(self, policy: Policy, expert: Policy) -> None:
+        self.policy, self.expert = policy, expert
+        self.labels: list[np.ndarray] = []
+
+    def act(self, t: int, x: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+        """π(x) (noiseless); the expert's action at (t, x) is appended to ``labels``."""
+        if t == 0:
+            self.labels = []
+        self.labels.append(np.asarray(self.expert.act(t, x, None), dtype=np.float64))
+        return self.policy.act(t, x, None)
+
+
+@dataclass(frozen=True)
+class DistillRound:
+    """One round: its index, the data set size (pairs), the S-step loss before/after, and per condition
+    the final ee-point-0 distance of the policy's noiseless rollout (m) and the mean |π − u*| over it."""
+
+    round: int
+    pairs: int
+    loss_before: float
+    loss_after: float
+    final_distance: tuple[float, ...]
+    label_gap: tuple[float, ...]
+
+
+def distill_planner(env: Environment, expert: Policy, expert_trials: Sequence[SampleBatch],
+                    effort_limits: np.ndarray, config: DistillConfig,
+                    ) -> tuple[GaussianMLPPolicy, list[DistillRound]]:
+    """Train the deployable policy to imitate ``expert`` (see the module docstring).
+
+    expert_trials: the planner's own trajectories (X (1, T, dX), U (1, T, dU) the actions it applied).
+    Returns the policy and one record per DAgger round (round 0 is evaluated like the others).
+    """
+    limits = np.asarray(effort_limits, dtype=np.float64)
+    prec = np.diag(1.0 / (config.action_scale * limits) ** 2)
+    X = np.concatenate([b.X[0] for b in expert_trials])
+    U = np.concatenate([b.U[0] for b in expert_trials])
+    policy = GaussianMLPPolicy.from_config(config.policy, env.dX, env.dU)
+    rounds: list[DistillRound] = []
+    for r in range(config.rounds + 1):
+        fit = train_policy(policy, policy.observe(X), U, np.broadcast_to(prec, (len(X), *prec.shape)),
+                           config.policy)
+        numpy_policy = NumpyPolicy(policy_to_params(policy))
+        visited, labels, finals, gaps = [], [], [], []
+        for m in range(env.num_conditions):
+            labeller = LabellingPolicy(numpy_policy, expert)
+            batch = env.sample(labeller, m, None)
+            u_star = np.asarray(labeller.labels)
+            visited.append(batch.X[0])
+            labels.append(u_star)
+            finals.append(float(np.linalg.norm(batch.X[0, -1, env.layout.ee_points][:3])))
+            gaps.append(float(np.mean(np.abs(batch.U[0] - np.clip(u_star, -limits, limits)))))
+        rounds.append(DistillRound(r, len(X), fit.loss_before, fit.loss_after, tuple(finals), tuple(gaps)))
+        if r < config.rounds:
+            X = np.concatenate([X, *visited])
+            U = np.concatenate([U, *labels])
+    return policy, rounds
