@@ -19,17 +19,21 @@ from mbpl_core.containers import StateLayout
 from mbpl_sim.robot import RobotConfig, resolve_description
 from mbpl_sim.task import Condition, ConditionSetName, TaskConfig, build_conditions
 
-SECTIONS = ("name", "method", "robot", "task", "cost", "algorithm", "ros", "gps")
-# lqr_flm: local LG controllers only; mdgps: also distil them into a neural policy (gps: section)
-METHODS = ("lqr_flm", "mdgps")
+SECTIONS = ("name", "method", "robot", "task", "cost", "algorithm", "ros", "gps", "pets")
+# lqr_flm: local LG controllers only; mdgps: also distil them into a neural policy (gps: section);
+# pets: a probabilistic ensemble + MPC, the planner distilled into a neural policy (pets: section)
+METHODS = ("lqr_flm", "mdgps", "pets")
+# the methods the ROS graph (mbpl launch) runs today; the others run in one process (mbpl train)
+GRAPH_METHODS = ("lqr_flm", "mdgps")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment. robot.description is absolute once loaded through :func:`load_experiment`.
 
-    cost / algorithm / ros / gps: raw mappings for mbpl_core.costs.CostConfig,
-    mbpl_core.local.lqr_flm.AlgorithmConfig, the ROS nodes and the GPS trainer.
+    cost / algorithm / ros / gps / pets: raw mappings for mbpl_core.costs.CostConfig,
+    mbpl_core.local.lqr_flm.AlgorithmConfig, the ROS nodes, the GPS trainer and
+    mbpl_core.planning.pets.PETSConfig.
     """
 
     robot: RobotConfig
@@ -40,7 +44,8 @@ class ExperimentConfig:
     gps: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     source: str | None = None
-    method: Literal["lqr_flm", "mdgps"] = "lqr_flm"
+    method: Literal["lqr_flm", "mdgps", "pets"] = "lqr_flm"
+    pets: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,8 +65,8 @@ class ExperimentConfig:
         build_conditions(self.task, "validation", self.robot.dQ)
 
     def check_sections(self) -> None:
-        """Build the core configs of ``cost:``, ``algorithm:`` (and ``gps:`` for mdgps) once, so a typo is a
-        ConfigError naming the key before any node starts, not a node dying mid-launch."""
+        """Build the core configs of ``cost:``, ``algorithm:`` (``gps:`` for mdgps, ``pets:`` for pets) once,
+        so a typo is a ConfigError naming the key before any node starts, not a node dying mid-launch."""
         from mbpl_core.config import from_dict
         from mbpl_core.costs import CostConfig, build_cost
         from mbpl_core.local.lqr_flm import AlgorithmConfig
@@ -70,6 +75,10 @@ class ExperimentConfig:
         dU = self.robot.dQ
         build_cost(from_dict(CostConfig, self.cost, "cost"), self.layout, dU)
         from_dict(AlgorithmConfig, self.algorithm, "algorithm")
+        if self.method == "pets":
+            from mbpl_core.planning.pets import PETSConfig
+
+            from_dict(PETSConfig, self.pets, "pets")
         if self.method == "mdgps":
             gps = from_dict(GPSConfig, self.gps, "gps")
             gps.observation_indices(self.layout.dX)
@@ -139,7 +148,8 @@ def experiment_from_dict(raw: dict[str, Any], base_dir: Path | str | None = None
     method = raw.get("method", "lqr_flm")
     return ExperimentConfig(robot=robot, task=task, cost=_section(raw, "cost"),
                             algorithm=_section(raw, "algorithm"), ros=_section(raw, "ros"),
-                            gps=_section(raw, "gps"), name=name, source=source, method=method)
+                            gps=_section(raw, "gps"), name=name, source=source, method=method,
+                            pets=_section(raw, "pets"))
 
 
 def load_experiment(path: Path | str) -> ExperimentConfig:

@@ -19,10 +19,11 @@ def test_train_lqr_flm_writes_history_plot_and_state(tmp_path: Path, capsys: pyt
     run = tmp_path / "run"
     assert main(["train", CONFIG, "--iterations", "3", "--run-dir", str(run)]) == 0
     history = json.loads((run / "history.json").read_text())
-    costs = np.asarray(history["mean_cost"])
-    assert costs.shape[0] == 3
+    assert [r["iteration"] for r in history] == [0, 1, 2]
+    costs = np.asarray([r["mean_cost"] for r in history])
     assert np.all(costs[-1] < costs[0]), "three LQR-FLM iterations must lower every condition's cost"
-    assert (run / "learning_curve.png").stat().st_size > 1000
+    assert [r["env_steps"] for r in history] == [4 * 5 * 50 * (i + 1) for i in range(3)]
+    assert (run / "history.png").stat().st_size > 1000
     assert (run / "algorithm_state.pkl").is_file()
     assert "iteration 2" in capsys.readouterr().out
 
@@ -32,12 +33,12 @@ def test_mdgps_checkpoint_evaluates_the_same_without_the_trainer(tmp_path: Path)
     assert main(["train", CONFIG, "--iterations", "2", "--run-dir", str(run), "--set", "method=mdgps",
                  "--set", "gps.iterations=300"]) == 0
     history = json.loads((run / "history.json").read_text())
-    assert len(history["policy_tip_distance"]) == 2
+    assert len(history) == 2 and all(len(r["policy_held_out_tip_distance"]) == 8 for r in history)
     ev = tmp_path / "eval"
     assert main(["eval", CONFIG, "--policy", str(run / "policy"), "--run-dir", str(ev)]) == 0
     result = json.loads((ev / "evaluation.json").read_text())
     # Training-time numpy policy and the checkpoint loaded alone must roll out identically.
-    np.testing.assert_allclose(result["tip_distance"], history["policy_tip_distance"][-1], rtol=1e-9)
+    np.testing.assert_allclose(result["tip_distance"], history[-1]["policy_held_out_tip_distance"], rtol=1e-9)
     assert result["condition_set"] == "held_out" and len(result["conditions"]) == 8
 
 
