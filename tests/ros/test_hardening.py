@@ -380,3 +380,17 @@ def test_the_state_box_holds_every_state_the_robot_reaches(experiment_file, setu
         for target in setup.targets:
             x = kin.state_vector(q, qd, target)
             assert np.all(x >= box.low - 1e-12) and np.all(x <= box.high + 1e-12)
+
+
+def test_the_security_check_finds_the_plugins_only_where_they_are(tmp_path: Path) -> None:
+    from mbpl_ros.dds_security import PLUGINS, find_fastdds, security_plugins
+
+    with_all = tmp_path / "with.so"
+    with_all.write_bytes(b"\x00".join([b"ELF", *PLUGINS.values(), b"end"]))
+    without = tmp_path / "without.so"
+    without.write_bytes(b"ELF\x00builtin.PKI\x00AES-GCM\x00")
+    assert all(security_plugins(with_all).values())
+    assert not any(security_plugins(without).values())
+    installed = find_fastdds()
+    if installed is not None:  # the wheels' library: built without them (DESIGN.md, measured)
+        assert security_plugins(installed) == dict.fromkeys(PLUGINS, False)

@@ -245,8 +245,15 @@ def _policy_trials(conditions: Sequence[int], timeout: float, run_token: str = "
         rclpy.shutdown(context=context)
 
 
+def cmd_security(args: argparse.Namespace) -> int:
+    """``mbpl security check``: exit 0 if SROS2 can be enabled with the installed Fast DDS, else 1."""
+    from mbpl_ros.dds_security import check
+
+    return check()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``mbpl`` (sub-commands launch, train, eval)."""
+    """The argument parser of ``mbpl`` (sub-commands launch, train, eval, security)."""
     parser = argparse.ArgumentParser(prog="mbpl", description="Model-based policy learning on ROS 2.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
@@ -260,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a dotted key of the experiment file (repeatable)")  # fmt: skip
         p.add_argument("--run-dir", default=None, help="output folder (default runs/<config>-<mode>-<time>)")
         p.set_defaults(func=func)
+    security = sub.add_parser(
+        "security", help="DDS security (SROS2) support of the installed Fast DDS",
+        description="check: whether the installed Fast DDS has the DDS security plugins")
+    security.add_argument("action", choices=["check"])
+    security.set_defaults(func=cmd_security)
     train = sub.choices["train"]
     train.add_argument("--iterations", type=int, default=None, help="default: algorithm.iterations")
     ev = sub.choices["eval"]
