@@ -246,9 +246,10 @@ class ProbabilisticEnsemble(nn.Module):
 
         Δ is the denormalised draw from N(mean, exp(logvar)) (generator on the model's device), or the
         denormalised mean when not ``sample``. members as in :meth:`forward` (e.g. ``model.elite_indices``
-        for TS-∞ over the elites). Runs with autograd unless the caller wraps it in ``torch.no_grad()``.
+        for TS-∞ over the elites). Computes in float32 (x_next is float64 if x is). Runs with autograd
+        unless the caller wraps it in ``torch.no_grad()``.
         """
-        xu = self.input_normaliser.normalise(torch.cat([x, u], dim=-1))
+        xu = self.input_normaliser.normalise(torch.cat([x, u], dim=-1).to(DTYPE))  # no-op for float32
         mean, logvar = self(xu, members)
         if sample:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)

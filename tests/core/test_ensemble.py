@@ -199,6 +199,7 @@ def test_step_returns_x_plus_denormalised_delta_and_samples_its_variance() -> No
         expected_mean = x + mean_n * std + offset
         expected_var = torch.exp(logvar_n) * std**2
         torch.testing.assert_close(model.step(x, u, sample=False), expected_mean)
+        torch.testing.assert_close(model.step(x.double(), u.double(), sample=False), expected_mean.double())
         draws = model.step(x, u, torch.Generator().manual_seed(0))
         again = model.step(x, u, torch.Generator().manual_seed(0))
     torch.testing.assert_close(draws, again, rtol=0, atol=0)
@@ -223,6 +224,16 @@ def test_recovers_a_linear_system_and_its_noise_variance(trained_linear: Trained
     assert 0.6 < low and high < 1.8
     true_nll, model_nll = system.nll(X, U, X_next), gaussian_nll_numpy(X_next, mean, var)
     assert true_nll - 0.05 < model_nll < true_nll + 0.2
+
+
+def test_learned_logvar_bounds_tighten_around_the_noise(trained_linear: Trained) -> None:
+    """The penalty 0.01 (Σ max − Σ min) pulls both bounds in from their start until they bracket the data."""
+    model = trained_linear.model
+    true_logvar = torch.log(SIGMA**2 / model.target_normaliser.std**2)  # in normalised units, (dX,)
+    low, high = model.min_logvar.detach(), model.max_logvar.detach()
+    assert torch.all(low > LINEAR_CONFIG.init_min_logvar + 1)
+    assert torch.all(high < LINEAR_CONFIG.init_max_logvar - 1)
+    assert torch.all((low < true_logvar) & (true_logvar < high))
 
 
 def test_reported_holdout_nll_is_close_to_the_true_models(trained_linear: Trained) -> None:
