@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from _helpers_niw import niw_posterior_scatter
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import SampleBatch, ShapeError
@@ -200,23 +201,6 @@ class _FixedPrior:
         return self.x0mu, self.x0var
 
 
-def _niw_posterior_scatter(Y: np.ndarray, mu0: np.ndarray, Psi0: np.ndarray, kappa0: float,
-                           discrepancy: bool = True) -> np.ndarray:
-    """Textbook NIW posterior scale Ψ_N for samples Y (N, D), written about the posterior mean:
-    Ψ_N = Ψ0 + Σ_n (y_n − μ_N)(y_n − μ_N)ᵀ + κ0 (μ_N − μ0)(μ_N − μ0)ᵀ with μ_N = (κ0 μ0 + N ȳ)/(κ0 + N).
-    (Equal to Ψ0 + N S + κ0 N/(κ0 + N)(ȳ − μ0)(ȳ − μ0)ᵀ; discrepancy=False drops the mean-discrepancy
-    term, i.e. it is Ψ0 + Σ_n (y_n − ȳ)(y_n − ȳ)ᵀ.)"""
-    N = Y.shape[0]
-    if not discrepancy:
-        centred = Y - Y.mean(axis=0)
-        return Psi0 + sum(np.outer(r, r) for r in centred)
-    mu_N = (kappa0 * mu0 + Y.sum(axis=0)) / (kappa0 + N)
-    out = Psi0 + kappa0 * np.outer(mu_N - mu0, mu_N - mu0)
-    for y in Y:
-        out = out + np.outer(y - mu_N, y - mu_N)
-    return out
-
-
 def _niw_oracle(batch: SampleBatch, prior: _FixedPrior, s: float, lam: float,
                 discrepancy: bool = True) -> tuple[np.ndarray, ...]:
     """Fm, fv, dyn_covar (T−1 steps) and the x0 variance of the NIW fit, by explicit per-step loops."""
@@ -225,7 +209,7 @@ def _niw_oracle(batch: SampleBatch, prior: _FixedPrior, s: float, lam: float,
     Fm, fv, covar = [], [], []
     for t in range(T_ - 1):
         Y = np.array([np.concatenate([batch.X[i, t], batch.U[i, t], batch.X[i, t + 1]]) for i in range(N)])
-        Psi = _niw_posterior_scatter(Y, prior.mu0[t], s * prior.Phi[t], s, discrepancy)
+        Psi = niw_posterior_scatter(Y, prior.mu0[t], s * prior.Phi[t], s, discrepancy)
         sigma = Psi / (N + s * prior.n0)  # the estimate the module documents; the mean is the data mean
         ybar = Y.mean(axis=0)
         sxx = sigma[:n, :n] + lam * np.eye(n)
@@ -237,7 +221,7 @@ def _niw_oracle(batch: SampleBatch, prior: _FixedPrior, s: float, lam: float,
     x0var = np.empty(dX_)
     for j in range(dX_):
         # Per coordinate: NIW (normal-inverse-gamma) with prior mean pmu, scale s·pvar, κ0 = n0 = s.
-        Psi = _niw_posterior_scatter(x0[:, j:j + 1], prior.x0mu[j:j + 1], np.array([[s * prior.x0var[j]]]), s,
+        Psi = niw_posterior_scatter(x0[:, j:j + 1], prior.x0mu[j:j + 1], np.array([[s * prior.x0var[j]]]), s,
                                      discrepancy)
         x0var[j] = Psi[0, 0] / (N + s)
     return np.array(Fm), np.array(fv), np.array(covar), x0var

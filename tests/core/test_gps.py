@@ -338,6 +338,18 @@ def test_mdgps_takes_a_zero_step_when_the_kl_step_is_infeasible(monkeypatch: pyt
     assert np.all(np.isfinite(report.lg_cost))
 
 
+def test_mdgps_reports_the_mean_over_samples_of_the_summed_cost() -> None:
+    # A twin loop with the same seed draws the same noise: its first batches are the ones the loop sampled.
+    train, _, cost, algorithm = _point_mass_setup()
+    gps_config = GPSConfig(hidden_sizes=(8,), iterations=20, device="cpu")
+    report = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(4)).iteration()
+    twin = MDGPS(train, cost, algorithm, gps_config, np.random.default_rng(4))
+    for m in range(train.num_conditions):
+        batch = twin.lg.sample_condition(m)
+        sums = [sum(float(v) for v in cost.evaluate(batch.X[n], batch.U[n], None).l) for n in range(batch.N)]
+        assert report.lg_cost[m] == pytest.approx(sum(sums) / len(sums), rel=1e-12)
+
+
 def test_mdgps_on_policy_sampling_runs() -> None:
     train, _, cost, algorithm = _point_mass_setup()
     gps_config = GPSConfig(hidden_sizes=(16,), iterations=100, sample_on_policy=True, device="cpu")

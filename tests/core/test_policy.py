@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers_niw import niw_posterior_scatter
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import ShapeError
@@ -113,6 +114,38 @@ def test_linearisation_recovers_linear_policy() -> None:
     np.testing.assert_allclose(lin.K, np.broadcast_to(K, (T, dU, dX)), atol=1e-6)
     np.testing.assert_allclose(lin.k, np.broadcast_to(k, (T, dU)), atol=1e-6)
     np.testing.assert_allclose(lin.pol_covar, np.broadcast_to(covar, (T, dU, dU)), atol=1e-6)
+
+
+def test_regression_linearisation_is_the_niw_posterior_fit_of_the_policy() -> None:
+    """Oracle for linearize_policy on a nonlinear policy: per step the conjugate NIW posterior of the joint
+    (x, μπ(x)) with the single-cluster prior over all N·T points (μ0, s·Σ̂, m = s, n0 = s(NT − 2 − D)/NT),
+    Σ = Ψ_N / (N + n0), then conditioned on x; the states drift over time, so the per-step means sit far
+    from the prior mean and the mean-discrepancy term matters."""
+    policy = NumpyPolicy(policy_to_params(_random_policy("tanh", dX=4, dU=2, seed=5)))
+    rng = np.random.default_rng(6)
+    N, T_, dX_, dU_, s, lam = 6, 5, 4, 2, 2.0, 1e-8
+    X = rng.normal(size=(N, T_, dX_)) + 1.5 * np.arange(T_)[None, :, None]
+    lin = linearize_policy(policy, X, prior_strength=s, regularization=lam)
+    U = policy.mean_batch(X.reshape(-1, dX_)).reshape(N, T_, dU_)
+    Z = np.concatenate([X, U], axis=2)
+    points = Z.reshape(-1, dX_ + dU_)
+    P, D = points.shape
+    mu0 = points.mean(axis=0)
+    Phi = sum(np.outer(p - mu0, p - mu0) for p in points) / P
+    n0 = s * max((P - 2 - D) / P, 0.0)
+    for t in range(T_):
+        for discrepancy in (True, False):
+            sigma = niw_posterior_scatter(Z[:, t], mu0, s * Phi, s, discrepancy) / (N + n0)
+            sigma[:dX_, :dX_] += lam * np.eye(dX_)
+            K = np.linalg.solve(sigma[:dX_, :dX_], sigma[:dX_, dX_:]).T
+            k = Z[:, t, dX_:].mean(axis=0) - K @ Z[:, t, :dX_].mean(axis=0)
+            covar = sigma[dX_:, dX_:] - K @ sigma[:dX_, dX_:] + policy.action_covar
+            if discrepancy:
+                np.testing.assert_allclose(lin.K[t], K, rtol=1e-7, atol=1e-9)
+                np.testing.assert_allclose(lin.k[t], k, rtol=1e-7, atol=1e-9)
+                np.testing.assert_allclose(lin.pol_covar[t], covar, rtol=1e-7, atol=1e-9)
+            else:  # the oracle can tell the term is there
+                assert np.max(np.abs(lin.K[t] - K)) > 1e-3 * np.max(np.abs(K))
 
 
 def test_linearisation_of_torch_linear_policy() -> None:
