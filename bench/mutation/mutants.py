@@ -19,13 +19,16 @@ TESTS: dict[str, list[str]] = {
     "mbpl_core/local/traj_opt.py": [f"{CORE}/test_traj_opt.py", f"{CORE}/test_lqr_flm.py"],
     "mbpl_core/local/init.py": [f"{CORE}/test_init.py", f"{CORE}/test_lqr_flm.py"],
     "mbpl_core/local/lqr_flm.py": [f"{CORE}/test_lqr_flm.py"],
-    "mbpl_core/guided/mdgps.py": [f"{CORE}/test_gps.py"],
+    "mbpl_core/guided/mdgps.py": [f"{CORE}/test_gps.py", f"{CORE}/test_policy.py"],
     "mbpl_core/policy.py": [f"{CORE}/test_policy.py", f"{CORE}/test_gps.py"],
     "mbpl_core/costs.py": [f"{CORE}/test_costs.py", f"{CORE}/test_lqr_flm.py"],
     "mbpl_core/containers.py": [f"{CORE}/test_containers.py", f"{CORE}/test_traj_opt.py",
                                 f"{CORE}/test_dynamics.py", f"{CORE}/test_lqr_flm.py"],
     "mbpl_core/noise.py": [f"{CORE}/test_noise.py"],
-    "ros2_ws/src/mbpl_ros/mbpl_ros/sampler_logic.py": ["tests/ros/test_sampler_logic.py"],
+    "ros2_ws/src/mbpl_ros/mbpl_ros/sampler_logic.py": ["tests/ros/test_sampler_logic.py",
+                                                       "tests/ros/test_hardening.py"],
+    "ros2_ws/src/mbpl_ros/mbpl_ros/action_bounds.py": ["tests/ros/test_sampler_logic.py",
+                                                       "tests/ros/test_hardening.py"],
 }
 
 
@@ -56,6 +59,7 @@ COST = "mbpl_core/costs.py"
 CONT = "mbpl_core/containers.py"
 NOISE = "mbpl_core/noise.py"
 SAMP = "ros2_ws/src/mbpl_ros/mbpl_ros/sampler_logic.py"
+BOUNDS = "ros2_ws/src/mbpl_ros/mbpl_ros/action_bounds.py"
 
 MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- dynamics (BLR with the NIW prior)
@@ -245,14 +249,25 @@ MUTANTS: list[Mutant] = [
     # ---------------------------------------------------------------- sampler validation (issue 8 owns the tests)
     _m("sampler-gain-abs", SAMP, "gain = float(np.max(np.abs(controller.K)))", "gain = float(np.max(controller.K))",
        "issue-14", "gain bound without abs: large negative gains accepted"),
-    _m("sampler-gain-boundary", SAMP, "if gain > max_gain:", "if gain >= max_gain:", "boundary",
-       "a controller exactly at the bound rejected"),
+    _m("sampler-gain-boundary", SAMP, "if not gain <= limits.max_gain:", "if not gain < limits.max_gain:",
+       "boundary", "a controller exactly at the gain bound rejected"),
     _m("sampler-shape-check", SAMP, "if controller.K.shape != expected:", "if controller.K.shape[1:] != expected[1:]:",
        "dropped-check", "controller of another horizon T accepted"),
-    _m("sampler-policy-state-dim", SAMP, "if params.state_dim != setup.dX:", "if False:",
-       "dropped-check", "policy for another state size accepted"),
-    _m("sampler-policy-du", SAMP, "if params.dU != setup.dU:", "if False:", "dropped-check",
-       "policy with another action size accepted"),
+    _m("sampler-lg-action-bound", SAMP, '    limits.check("controller", lg_action_bound(controller, limits.box))\n', "",
+       "dropped-check", "controller's action and noise over the state box not bounded"),
+    _m("sampler-policy-shape", SAMP, "    require_params_shape(params, setup.dX, setup.dU)\n", "",
+       "dropped-check", "policy for another state or action size accepted"),
+    _m("sampler-policy-gain", SAMP, "if not gain <= limits.max_policy_gain:", "if False:",
+       "dropped-check", "policy gain bound not enforced"),
+    _m("sampler-policy-action-bound", SAMP, '        limits.check("policy", policy_action_bound(params, limits.box))\n',
+       "", "dropped-check", "policy's action over the state box not bounded"),
     _m("sampler-policy-finite", SAMP, "    policy.act(0, np.zeros(setup.dX), None)  # raises", "    pass  # raises",
-       "dropped-check", "policy with non-finite output accepted"),
+       "dropped-check", "policy with non-finite output at x = 0 accepted"),
+    _m("bounds-lg-radius", BOUNDS, "+ np.abs(controller.K) @ box.radius", "+ controller.K @ box.radius",
+       "dropped-term", "LG action bound with signed gains over the box radius"),
+    _m("bounds-lg-offset-abs", BOUNDS, "mean = np.abs(controller.K @ box.centre + controller.k)",
+       "mean = (controller.K @ box.centre + controller.k)", "dropped-term",
+       "LG action bound without abs of the centre action"),
+    _m("bounds-policy-radius", BOUNDS, "centre, radius = W @ mid + b, np.abs(W) @ half",
+       "centre, radius = W @ mid + b, W @ half", "dropped-term", "interval propagation with signed weights"),
 ]
