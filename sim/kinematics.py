@@ -50,7 +50,12 @@ class EndEffectorKinematics:
         self._site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, frame)
         body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, frame)
         if self._site < 0 and body < 0:
-            raise ConfigError(f"end-effector frame {frame!r} is neither a body nor a site of the model")
+            bodies = [model.body(i).name for i in range(1, model.nbody) if model.body(i).name]
+            sites = [model.site(i).name for i in range(model.nsite) if model.site(i).name]
+            raise ConfigError(f"robot.ee.frame: {frame!r} is neither a body nor a site of the model; "
+                              f"bodies: {bodies}; sites: {sites} (a body on a fixed joint is fused into "
+                              "its parent unless loaded through mbpl_sim.robot.load_robot, which keeps it "
+                              "as a site)")
         self._body = int(model.site_bodyid[self._site]) if self._site >= 0 else body
         self.frame = frame
         self._jacp = np.zeros((3, model.nv))
@@ -62,6 +67,11 @@ class EndEffectorKinematics:
         """Kinematics of the robot alone, as the sampler builds it on hardware."""
         model = load_robot_spec(config, base_dir).compile()
         return cls(model, config.joints, config.ee.frame, config.ee.points)
+
+    @property
+    def body_id(self) -> int:
+        """Id of the body that carries the frame (the surviving parent of a fused fixed-joint body)."""
+        return self._body
 
     @property
     def dQ(self) -> int:

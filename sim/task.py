@@ -136,6 +136,9 @@ class TaskConfig:
     (None → every point aims at the target). Positions are in the world frame, which is the robot's
     base frame: the robot's root stands at the origin in every scene, so the sampler's robot-only
     kinematics on hardware and the scene agree.
+    floor: the plane the scene adds: "auto" — none when the description has its own ground plane,
+    else at z = 0, or 1 cm below the lowest moving geom at the start configurations when that is
+    lower; "none" — no floor; a number — a floor at that height (m).
     """
 
     scene: Literal["reach", "peg"] = "reach"
@@ -149,8 +152,13 @@ class TaskConfig:
     validation: ConditionSetConfig | None = None
     target_offsets: tuple[Point3, ...] | None = None
     hole: HoleConfig = HoleConfig()
+    floor: Literal["auto", "none"] | float = "auto"
 
     def __post_init__(self) -> None:
+        if isinstance(self.floor, str) and self.floor not in ("auto", "none"):
+            raise ConfigError(f"task.floor: 'auto', 'none' or a height in m, got {self.floor!r}")
+        if not isinstance(self.floor, str) and not math.isfinite(self.floor):
+            raise ConfigError(f"task.floor: the height must be finite, got {self.floor!r}")
         if self.T < 1:
             raise ConfigError(f"task.T: must be >= 1, got {self.T}")
         if not (math.isfinite(self.dt) and self.dt > 0):
