@@ -18,6 +18,7 @@ draw comes from ``numpy.random.default_rng(config.seed)`` and generators derived
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,7 @@ from mbpl_core.config import ConfigError
 from mbpl_core.containers import SampleBatch, StateLayout
 from mbpl_core.costs import Cost
 from mbpl_core.local.lqr_flm import Policy
-from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, train_ensemble
+from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
 from mbpl_core.models.ensemble import transitions_from_trajectories
 from mbpl_core.planning.distill import DistillConfig
 from mbpl_core.planning.mpc import MPCController
@@ -176,7 +177,11 @@ class PETS:
         if self.config.retrain == "scratch":
             fresh = ProbabilisticEnsemble(self.env.dX, self.env.dU, self.config.model, self.rng)
             self.model.load_state_dict(fresh.state_dict())
-        report = train_ensemble(self.model, X, U, X_next, self.config.model, self.rng)
+        # One CPU thread: the same result whatever the machine's core count (torch's reductions split
+        # differently over threads), and faster than two on small shared machines (bench/ensemble.py).
+        threads = torch_threads(1) if self.model.device.type == "cpu" else contextlib.nullcontext()
+        with threads:
+            report = train_ensemble(self.model, X, U, X_next, self.config.model, self.rng)
         self.mpc.model = EliteModel(self.model)  # the elites may have changed
         return report
 
