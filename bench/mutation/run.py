@@ -185,8 +185,9 @@ def auto_mutants(path: str, tests: list[str], limit: int, seed: int) -> list[Mut
 
 # ----------------------------------------------------------------------------- main
 def select(args: argparse.Namespace) -> list[Mutant]:
-    chosen = [] if args.no_catalogue else [m for m in MUTANTS if (not args.files or m.file in args.files)
-                                            and (not args.only or m.id in args.only)]
+    everything = not (args.files or args.only)  # otherwise the union of --files and --only
+    chosen = [] if args.no_catalogue else [m for m in MUTANTS if everything or m.file in args.files
+                                            or m.id in args.only]
     for path in args.auto:
         tests = args.auto_tests or TESTS.get(path, [])
         if not tests:
