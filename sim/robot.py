@@ -401,6 +401,8 @@ def _choose_actuators(spec: mujoco.MjSpec, config: RobotConfig,
         raise ConfigError(
             f"robot.actuators: model needs a force actuator (motor) on every listed joint of {source.name}; "
             f"none on {lacking}, not a motor on {kinds}; use robot.actuators: motors")
+    if not present:
+        return None, f"robot.actuators: auto → motors ({source.name} has no actuators on robot.joints)"
     if lacking or unusable:
         why = f"no actuator on {lacking}" if lacking else f"non-motor actuators on {sorted(unusable)}"
         return None, f"robot.actuators: auto → motors ({why} in {source.name})"
@@ -511,9 +513,9 @@ def load_robot(config: RobotConfig, base_dir: Path | str | None = None) -> Loade
     if frame not in _named(spec.sites):
         # MuJoCo fuses a body on a fixed joint into its parent (fusestatic): a site there survives it
         spec.body(frame).add_site(name=frame, pos=[0.0, 0.0, 0.0], size=[0.005, 0.0, 0.0], group=5)
-        if not spec.body(frame).joints:
-            notes.append(f"robot.ee.frame: {frame!r} has no joint of its own; tracked as a site at its "
-                         "origin")
+        if not spec.body(frame).joints and spec.compiler.fusestatic:
+            notes.append(f"robot.ee.frame: {frame!r} is on a fixed joint (MuJoCo fuses it into its "
+                         "parent): tracked as a site at its origin")
     chain = _robot_chain(spec, config.joints)
     if config.gravity_compensation:
         for body in chain:

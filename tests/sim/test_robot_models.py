@@ -48,7 +48,7 @@ def _experiment(path: Path, **robot: object) -> object:
 
 @pytest.mark.parametrize("config, sets", [
     # the ROS way: the description's own package is found from the URDF's folder, the tool's package on
-    # ROS_PACKAGE_PATH (set below); no package_paths at all
+    # ROS_PACKAGE_PATH (set below: the package folder itself); no package_paths at all
     (DEMO_YAML, ["robot.package_paths=[]"]),
     (PLANAR_YAML, []),
 ])
@@ -57,7 +57,7 @@ def test_unchanged_description_reaches_every_target_through_mbpl_train(
         capsys: pytest.CaptureFixture) -> None:
     from mbpl_ros.cli import main
 
-    monkeypatch.setenv("ROS_PACKAGE_PATH", str(PKGS))
+    monkeypatch.setenv("ROS_PACKAGE_PATH", str(PKGS / "demo_tool_description"))
     run = tmp_path / "run"
     args = ["train", str(config), "--run-dir", str(run)] + [a for s in sets for a in ("--set", s)]
     assert main(args) == 0, capsys.readouterr().err
@@ -311,3 +311,10 @@ def test_targets_out_of_reach_below_the_floor_and_starts_outside_limits_are_warn
 def test_each_mistake_is_one_clear_error_from_check_robot(robot: dict, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         check_robot(_experiment(DEMO_YAML, **robot))
+
+
+@pytest.mark.parametrize("name", ["reacher2_sim", "arm7_reach", "arm7_peg"])
+def test_shipped_experiments_pass_the_checks_without_warnings(name: str) -> None:
+    check = check_robot(load_experiment(MODELS.parents[2] / "configs" / f"{name}.yaml"))
+    assert check.warnings == []
+    assert check.notes[0].startswith("robot.actuators: auto → motors")
