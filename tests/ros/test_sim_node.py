@@ -116,7 +116,7 @@ def test_reset_service_and_clock(ros_processes, rclpy_node, wait_for, experiment
 def test_realtime_mode_streams_states_and_holds_the_command(
     ros_processes, rclpy_node, wait_for, experiment_file: Path
 ) -> None:
-    params = _sim_params(experiment_file, mode="realtime", realtime_rate=200.0)
+    params = _sim_params(experiment_file, mode="realtime", realtime_rate=200.0, command_timeout=0.0)
     ros_processes.start("mbpl_ros.sim_node", "sim", params)
     client = SimClient(rclpy_node)
     wait_for(rclpy_node, lambda: len(client.states) >= 10, STARTUP_TIMEOUT, "10 streamed states")
@@ -128,6 +128,24 @@ def test_realtime_mode_streams_states_and_holds_the_command(
     wait_for(rclpy_node, held, STEP_TIMEOUT, "5 states with the held command")
     stamps = [conversions.time_to_seconds(s.header.stamp) for s in client.states]
     assert all(b > a for a, b in zip(stamps[1:], stamps[2:], strict=False)), "sim time must advance"
+
+
+def test_realtime_watchdog_zeroes_the_effort_of_a_silent_controller(
+    ros_processes, rclpy_node, wait_for, experiment_file: Path
+) -> None:
+    params = _sim_params(experiment_file, mode="realtime", realtime_rate=200.0, command_timeout=0.2)
+    ros_processes.start("mbpl_ros.sim_node", "sim", params)
+    client = SimClient(rclpy_node)
+    wait_for(rclpy_node, lambda: len(client.states) >= 1, STARTUP_TIMEOUT, "a streamed state")
+    client.commands.publish(conversions.efforts_to_msg(np.array([0.5, -0.25])))
+    wait_for(rclpy_node, lambda: any(list(s.effort) == [0.5, -0.25] for s in client.states), STEP_TIMEOUT,
+             "a state with the command applied")
+    first = next(i for i, s in enumerate(client.states) if list(s.effort) == [0.5, -0.25])
+    # then the controller falls silent: the sim must go back to zero effort by itself
+    wait_for(rclpy_node, lambda: any(not any(s.effort) for s in client.states[first:]), STEP_TIMEOUT,
+             "zero effort after command_timeout without commands")
+    wait_for(rclpy_node, lambda: client.diagnostics and int(client.diagnostics[-1].get("command_timeouts", 0))
+             == 1, STEP_TIMEOUT, "the watchdog counted on /diagnostics")
 
 
 def test_declared_parameters_match_the_schema(rclpy_node, experiment_file: Path) -> None:

@@ -70,6 +70,9 @@ class SimNodeParams:
     condition_set: str = param('conditions reset_sim indexes: "train", "held_out" or "validation"',
                                "train")
     publish_clock: bool = param("lockstep mode: publish sim time on /clock", True)
+    command_timeout: float = param(
+        "realtime mode: seconds without a command after which zero effort is applied (a driver's "
+        "watchdog: a silent controller must not leave the last effort on); 0: hold it forever", 0.25)
     diagnostics_period: float = param("seconds between diagnostics messages", 1.0)
 
     def __post_init__(self) -> None:
@@ -86,6 +89,8 @@ class SimNodeParams:
                               f"{self.condition_set!r}")
         if self.initial_condition < 0:
             raise ConfigError(f"sim node: initial_condition must be >= 0, got {self.initial_condition}")
+        if not np.isfinite(self.command_timeout) or self.command_timeout < 0:
+            raise ConfigError(f"sim node: command_timeout must be >= 0, got {self.command_timeout}")
         if not self.diagnostics_period > 0:
             raise ConfigError(f"sim node: diagnostics_period must be > 0, got {self.diagnostics_period}")
 
@@ -101,6 +106,7 @@ class SimCounters:
     resets: int = 0
     simulation_errors: int = 0
     deadline_misses: int = 0
+    command_timeouts: int = 0
 
     def as_key_values(self) -> list[KeyValue]:
         return [KeyValue(key=k, value=str(v)) for k, v in vars(self).items()]
@@ -129,6 +135,7 @@ class SimNode(Node):
         self.counters = SimCounters()
         self._lock = threading.Lock()
         self._held = np.zeros(self.dU)
+        self._last_command_ns = time.monotonic_ns()
         self._stop = threading.Event()
         self._condition = 0
         self._time_offset = 0.0
@@ -173,6 +180,7 @@ class SimNode(Node):
             u = self._validated(msg)
             if self.params.mode == "realtime":
                 self._held = u
+                self._last_command_ns = time.monotonic_ns()
                 return
             self._step_and_publish(u)
 
@@ -236,6 +244,7 @@ class SimNode(Node):
             with self._lock:
                 if not self.context.ok():
                     return
+                self._watchdog(time.monotonic_ns())
                 try:
                     self._step_and_publish(self._held)
                 except RCLError:
@@ -243,6 +252,14 @@ class SimNode(Node):
                         raise
                     return  # shutdown raced with the publish
             deadline += period_ns
+
+    def _watchdog(self, now_ns: int) -> None:
+        """Zero effort once no command came for command_timeout s (counted once per silence)."""
+        timeout_ns = self.params.command_timeout * 1e9
+        if timeout_ns > 0 and now_ns - self._last_command_ns > timeout_ns and np.any(self._held != 0.0):
+            self._held = np.zeros(self.dU)
+            self.counters.command_timeouts += 1
+            self.get_logger().warning(f"no command for {self.params.command_timeout:g} s: zero effort")
 
     def stop(self) -> None:
         """Stop the realtime thread (if any) and wait for it."""
