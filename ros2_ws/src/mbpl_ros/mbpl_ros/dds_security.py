@@ -2,7 +2,7 @@
 
 SROS2 needs the DDS security plugins built into ``libfastdds``: authentication (``builtin.PKI-DH``),
 access control (``builtin.Access-Permissions``) and cryptography (``builtin.AES-GCM-GMAC``). A library
-built without them (as the PyPI wheels' is) holds none of these plugin names, so scanning its bytes for
+built without them (as the one in the project's wheels is) holds none of these plugin names, so scanning its bytes for
 them answers the question without loading it. Without them the graph's protection is the run token
 (README, "On a real robot").
 """
