@@ -1,10 +1,10 @@
 """Whether the installed Fast DDS can do DDS security (SROS2): ``mbpl security check``.
 
 SROS2 needs the DDS security plugins built into ``libfastdds``: authentication (``builtin.PKI-DH``),
-access control (``builtin.Access-Permissions``) and cryptography (``builtin.AES-GCM-GMAC``). A library
-built without them (as the one in the project's wheels is) holds none of these plugin names, so scanning its bytes for
-them answers the question without loading it. Without them the graph's protection is the run token
-(README, "On a real robot").
+access control (``builtin.Access-Permissions``) and cryptography (``builtin.AES-GCM-GMAC``). A
+library built without them (as the one in the project's wheels is) holds none of these plugin names,
+so scanning its bytes for them answers the question without loading it. Without them the graph's
+protection is the run token (README, "On a real robot").
 """
 
 from __future__ import annotations
