@@ -53,6 +53,8 @@ SEED = int(os.environ.get("MBPL_CAMPAIGN_SEED", "13"))
 RATE = float(os.environ.get("MBPL_CAMPAIGN_RATE", "200"))
 RUN_TIMEOUT = 300.0
 VICTIMS = ("sim", "sampler", "fitting", "ilqr", "trainer")
+COUNTERS = ("states_received", "states_rejected", "controllers_received", "controllers_rejected",
+            "policies_received", "policies_rejected", "trials_requested", "trials_refused", "tokens_rejected")
 FUZZ_ID_BASE = 10**12  # fuzz controller/policy ids: FUZZ_ID_BASE * (class + 1) + n, never the run's own
 
 
@@ -108,6 +110,10 @@ class Fuzzer:
         self.sent: Counter[str] = Counter()
         self.trials_accepted: Counter[str] = Counter()
         self.trials_answered: Counter[str] = Counter()
+        self.lifetimes: list[dict[str, int]] = []  # the sampler's newest counters, one dict per process
+        self.quiet = threading.Event()  # set: stop sending, keep listening
+        self.diagnostics_seen = 0
+        self.seen = threading.Condition()
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="fuzzer", daemon=True)
@@ -142,6 +148,9 @@ class Fuzzer:
                 "policy": node.create_publisher(PolicyParameters, "mbpl/policy", LATCHED_QOS),
                 "state": node.create_publisher(JointState, "joint_states", STATE_QOS)}
         client = node.create_client(RunTrial, "mbpl/run_trial")
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         classes = [(kind, name, make) for kind, group in bad_inputs(self.robot).items()
                    for name, make in group.items()]
         # joint-state faults abort the running lockstep trial: a few, or learning could not proceed
@@ -151,6 +160,9 @@ class Fuzzer:
         try:
             next_at = time.monotonic()
             while not self.stop.is_set():
+                if self.quiet.is_set():
+                    executor.spin_once(timeout_sec=0.05)
+                    continue
                 index = int(self.rng.choice(len(classes), p=weights))
                 kind, name, make = classes[index]
                 n += 1
@@ -175,6 +187,25 @@ class Fuzzer:
             executor.shutdown()
             node.destroy_node()
             rclpy.shutdown(context=context)
+
+    def _on_diagnostics(self, msg: object) -> None:
+        for status in msg.status:  # type: ignore[attr-defined]
+            if not status.name.startswith("mbpl_sampler"):
+                continue
+            values = {kv.key: kv.value for kv in status.values}
+            counters = {k: int(values[k]) for k in COUNTERS}
+            # a restarted sampler counts from zero again: a new lifetime
+            if not self.lifetimes or counters["states_received"] < self.lifetimes[-1]["states_received"]:
+                self.lifetimes.append(counters)
+            else:
+                self.lifetimes[-1] = counters
+            with self.seen:
+                self.diagnostics_seen += 1
+                self.seen.notify_all()
+
+    def totals(self) -> dict[str, int]:
+        """The sampler's counters summed over its lifetimes (each lifetime's last /diagnostics)."""
+        return {k: sum(life[k] for life in self.lifetimes) for k in COUNTERS}
 
     def _answered(self, name: str, future: object) -> None:
         result = future.result()  # type: ignore[attr-defined]
@@ -271,6 +302,10 @@ def test_fault_campaign_finds_no_crash_no_stall_and_no_unsafe_command(tmp: Path)
                 graph.kill(victim)
                 graph.start(victim)
             time.sleep(0.1)
+        fuzzer.quiet.set()  # then a few more /diagnostics of the sampler: its counts include every input
+        with fuzzer.seen:
+            seen = fuzzer.diagnostics_seen
+            assert fuzzer.seen.wait_for(lambda: fuzzer.diagnostics_seen >= seen + 3, 15.0), "no /diagnostics"
         fuzzer.stop.set()
         fuzzer.thread.join(timeout=30)
         elapsed = time.monotonic() - start
@@ -288,7 +323,8 @@ def test_fault_campaign_finds_no_crash_no_stall_and_no_unsafe_command(tmp: Path)
     refused = {k: fuzzer.trials_answered[k] - fuzzer.trials_accepted[k] for k in fuzzer.trials_answered}
     figures = {"seconds": round(elapsed, 1), "inputs_per_class": dict(sorted(fuzzer.sent.items())),
                "inputs_total": sum(fuzzer.sent.values()), "sampler_log": log_figures,
-               "run_trial_refused_per_class": refused, "kills": graph.kills,
+               "run_trial_refused_per_class": refused, "sampler_diagnostics_total": fuzzer.totals(),
+               "sampler_lifetimes": len(fuzzer.lifetimes), "kills": graph.kills,
                "crashes": 0, "commands": safety["commands_seen"],
                "unsafe_commands": safety["unsafe_commands"],
                "samples": samples, "samples_lost": lost, "samples_duplicated": duplicated,
