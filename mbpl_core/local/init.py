@@ -7,7 +7,7 @@ x = [q, q̇, ee points − target, ee velocities] of :class:`mbpl_core.container
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -28,10 +28,13 @@ class InitConfig:
     init_var), last step weighted by final_weight.
     type "pd": u = Kp (q0 − q) − Kd q̇ with covariance init_var·I; pd_gains/pd_damping (dQ,) default to
     stiffness and stiffness·stiffness_vel per joint.
+    init_var may be one variance per joint (dU,): the covariance is then D Σ₁ D with D = diag(√init_var)
+    and Σ₁ the covariance for init_var = 1 (the gains do not change). mbpl_sim.checks.scaled_defaults
+    derives it from the robot's joint inertias.
     """
 
     type: Literal["lqr", "pd"] = "lqr"
-    init_var: float = 1.0
+    init_var: float | list[float] = 1.0
     stiffness: float = 1.0
     stiffness_vel: float = 0.5
     final_weight: float = 1.0
@@ -41,10 +44,13 @@ class InitConfig:
     def __post_init__(self) -> None:
         if self.type not in ("lqr", "pd"):
             raise ConfigError(f"algorithm.init.type: {self.type!r} is not one of ['lqr', 'pd']")
-        for name in ("init_var", "stiffness", "final_weight"):
+        for name in ("stiffness", "final_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"algorithm.init.{name} must be finite and > 0, got {value}")
+        variances = [self.init_var] if isinstance(self.init_var, (int, float)) else list(self.init_var)
+        if not variances or not all(math.isfinite(v) and v > 0 for v in variances):
+            raise ConfigError(f"algorithm.init.init_var must be finite and > 0, got {self.init_var}")
         if not (math.isfinite(self.stiffness_vel) and self.stiffness_vel >= 0):
             raise ConfigError(
                 f"algorithm.init.stiffness_vel must be finite and >= 0, got {self.stiffness_vel}"
@@ -65,6 +71,13 @@ def _per_joint(name: str, values: list[float] | None, default: float, dQ: int) -
     if arr.shape != (dQ,):
         raise ConfigError(f"algorithm.init.{name} has {arr.size} entries, the robot has {dQ} joints")
     return arr
+
+
+def _joint_variances(config: InitConfig, dU: int) -> np.ndarray | None:
+    """(dU,) per-joint init_var, or None when it is one number."""
+    if isinstance(config.init_var, (int, float)):
+        return None
+    return _per_joint("init_var", config.init_var, 1.0, dU)
 
 
 def guessed_double_integrator(layout: StateLayout, T: int, dt: float, x0: np.ndarray) -> LinearDynamics:
@@ -106,11 +119,18 @@ def init_lqr(config: InitConfig, layout: StateLayout, T: int, dt: float,
              x0: np.ndarray) -> LinearGaussianController:
     """GPS init_lqr: LQR on :func:`guessed_double_integrator`, :func:`_stiffness_cost`; pol_covar = Q_uu⁻¹."""
     dynamics = guessed_double_integrator(layout, T, dt, x0)
+    variances = _joint_variances(config, layout.dQ)
+    unit = config if variances is None else replace(config, init_var=1.0)
     try:
         with single_threaded_blas():
-            return lqr_backward_pass(_stiffness_cost(config, layout, T, x0), dynamics).controller
+            controller = lqr_backward_pass(_stiffness_cost(unit, layout, T, x0), dynamics).controller
     except NotPositiveDefiniteError as err:  # cannot happen for valid configs: the action weight is > 0
         raise ConfigError(f"algorithm.init: LQR initialisation failed: {err}") from err
+    if variances is None:
+        return controller
+    scale = np.sqrt(variances)
+    return LinearGaussianController.from_covariance(
+        controller.K, controller.k, scale[None, :, None] * controller.pol_covar * scale[None, None, :])
 
 
 def init_pd(config: InitConfig, layout: StateLayout, T: int, x0: np.ndarray) -> LinearGaussianController:
@@ -122,9 +142,11 @@ def init_pd(config: InitConfig, layout: StateLayout, T: int, x0: np.ndarray) -> 
     K[:, layout.q] = -np.diag(Kp)
     K[:, layout.qd] = -np.diag(Kd)
     k = Kp * x0[layout.q]
+    variances = _joint_variances(config, dQ)
+    covar = config.init_var * np.eye(dQ) if variances is None else np.diag(variances)
     return LinearGaussianController.from_covariance(
         np.broadcast_to(K, (T, dQ, layout.dX)), np.broadcast_to(k, (T, dQ)),
-        np.broadcast_to(config.init_var * np.eye(dQ), (T, dQ, dQ)),
+        np.broadcast_to(covar, (T, dQ, dQ)),
     )
 
 
