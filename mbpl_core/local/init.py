@@ -104,7 +104,7 @@ def _stiffness_cost(config: InitConfig, layout: StateLayout, T: int, x0: np.ndar
     w[layout.q] = config.stiffness
     w[layout.qd] = config.stiffness * config.stiffness_vel
     w[dX:] = 1.0
-    W = np.diag(w) / config.init_var
+    W = np.diag(w) / np.asarray(config.init_var, dtype=np.float64)  # one number here (see init_lqr)
     target = np.zeros(dX + dQ)
     target[layout.q] = x0[layout.q]
     ramp = np.ones(T)
@@ -143,7 +143,7 @@ def init_pd(config: InitConfig, layout: StateLayout, T: int, x0: np.ndarray) -> 
     K[:, layout.qd] = -np.diag(Kd)
     k = Kp * x0[layout.q]
     variances = _joint_variances(config, dQ)
-    covar = config.init_var * np.eye(dQ) if variances is None else np.diag(variances)
+    covar = np.diag(variances) if variances is not None else np.asarray(config.init_var) * np.eye(dQ)
     return LinearGaussianController.from_covariance(
         np.broadcast_to(K, (T, dQ, layout.dX)), np.broadcast_to(k, (T, dQ)),
         np.broadcast_to(covar, (T, dQ, dQ)),
