@@ -185,6 +185,21 @@ def test_config_validation_and_yaml_keys() -> None:
         DynamicsFitConfig(max_clusters=0)
     with pytest.raises(ConfigError, match="prior_strength"):
         DynamicsFitConfig(prior_strength=-1.0)
+    # The smallest valid values are accepted.
+    DynamicsFitConfig(max_clusters=1, min_samples_per_cluster=1, max_samples=1, em_iterations=1,
+                      regularization=0.0, prior_strength=0.0)
+
+
+@pytest.mark.parametrize(("N", "max_clusters", "per_cluster", "K"),
+                         [(5, 20, 40, 1), (5, 3, 10, 3), (4, 20, 12, 4)])
+def test_prior_cluster_count_follows_the_data(random_stable_system: Callable, N: int, max_clusters: int,
+                                              per_cluster: int, K: int) -> None:
+    """K = max(1, min(max_clusters, floor(N·T / min_samples_per_cluster)))."""
+    rng = np.random.default_rng(13)
+    config = DynamicsFitConfig(max_clusters=max_clusters, min_samples_per_cluster=per_cluster)
+    prior = DynamicsPriorGMM(config)
+    prior.update(_batch(random_stable_system(rng, T, dX, dU), rng, N=N, noise_std=0.05))
+    assert K == max(1, min(max_clusters, N * T // per_cluster)) and prior.gmm.K == K
 
 
 class _FixedPrior:

@@ -105,6 +105,13 @@ def test_non_pd_q_uu_raises_with_the_time_step(problem) -> None:
         lqr_backward_pass(QuadraticCost(Cm, quad.cv, quad.cc), dyn)
     assert info.value.t == T - 2
     assert isinstance(info.value, ValueError)
+    assert info.value.detail == "is not positive definite"
+    # A value function that overflows (a huge final state cost) is "not finite", not "not PD", one step back.
+    Cm = quad.Cm.copy()
+    Cm[T - 1, :dX, :dX] = 1e308 * np.eye(dX)
+    with pytest.raises(NotPositiveDefiniteError) as info, np.errstate(all="ignore"):
+        lqr_backward_pass(QuadraticCost(Cm, quad.cv, quad.cc), dyn)
+    assert (info.value.t, info.value.detail) == (T - 2, "is not finite")
 
 
 def test_forward_pass_matches_joint_gaussian(problem) -> None:
