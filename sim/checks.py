@@ -17,14 +17,15 @@ With ``strict`` the warnings are one ConfigError instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mujoco
 import numpy as np
 
 from mbpl_core.config import ConfigError
-from mbpl_sim.experiment import ExperimentConfig
+from mbpl_sim.experiment import ExperimentConfig, experiment_from_dict
 from mbpl_sim.kinematics import EndEffectorKinematics
-from mbpl_sim.robot import compile_spec
+from mbpl_sim.robot import compile_spec, resolve_robot_paths
 from mbpl_sim.scenes import Scene, build_scene, own_ground, task_body_name
 from mbpl_sim.task import CONDITION_SETS, Condition
 
@@ -256,3 +257,38 @@ def fill_scaled_defaults(raw: dict, experiment: ExperimentConfig) -> tuple[dict,
             node[leaf] = value
             notes.append(f"{dotted}: {value} (scaled to the robot's inertia; set it to override)")
     return out, notes
+
+
+@dataclass
+class PreparedRun:
+    """What a command runs: the experiment mapping to write to the run folder (paths absolute, scaled
+    defaults filled in), the experiment built from it, and the robot check (notes and warnings)."""
+
+    raw: dict
+    experiment: ExperimentConfig
+    check: RobotCheck
+
+    def log_lines(self) -> list[str]:
+        """The notes, then the warnings prefixed ``warning:``, for the command's log."""
+        return list(self.check.notes) + [f"warning: {w}" for w in self.check.warnings]
+
+
+def prepare_run(raw: dict, config_dir: Path | str, source: str | None = None,
+                strict: bool = False) -> PreparedRun:
+    """Everything ``mbpl train`` and ``mbpl launch`` check before a run folder or a node exists.
+
+    raw: the experiment mapping (overrides applied); config_dir: the experiment file's folder, against
+    which relative paths resolve. Makes robot.description and robot.package_paths absolute, builds and
+    checks every section (:meth:`ExperimentConfig.check_sections`), fills the robot-scaled defaults
+    (:func:`fill_scaled_defaults`) and runs :func:`check_robot`. Raises ConfigError on the first problem.
+    """
+    raw = dict(raw)
+    if isinstance(raw.get("robot"), dict):
+        raw["robot"] = resolve_robot_paths(raw["robot"], config_dir)
+    experiment = experiment_from_dict(raw, base_dir=config_dir, source=source)
+    experiment.check_sections()
+    raw, notes = fill_scaled_defaults(raw, experiment)
+    experiment = experiment_from_dict(raw, base_dir=config_dir, source=source)
+    check = check_robot(experiment, strict)
+    check.notes.extend(notes)
+    return PreparedRun(raw=raw, experiment=experiment, check=check)

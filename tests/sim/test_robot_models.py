@@ -391,3 +391,32 @@ def test_per_joint_init_var_scales_each_joint_and_keeps_the_gains(kind: str) -> 
         initial_controller(InitConfig(type=kind, init_var=[1.0, 1.0, 1.0]), layout, 2, 10, 0.05, x0)
     with pytest.raises(ConfigError, match="init_var must be finite and > 0"):
         InitConfig(init_var=[1.0, 0.0])
+
+
+def test_prepare_run_is_the_one_call_before_a_run_folder_or_node_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mbpl_sim.checks import prepare_run
+
+    monkeypatch.chdir(tmp_path)  # relative paths mean the experiment file's folder, not the cwd
+    raw = _raw(DEMO_YAML)
+    del raw["cost"]["action_weight"]
+    prepared = prepare_run(raw, DEMO_YAML.parent, str(DEMO_YAML))
+    assert prepared.raw["robot"]["package_paths"] == [str(PKGS)]
+    assert len(prepared.raw["cost"]["action_weight"]) == 3 and "action_weight" not in raw["cost"]
+    again = experiment_from_dict(yaml.safe_load(yaml.safe_dump(prepared.raw)), tmp_path / "run")
+    assert again.robot == prepared.experiment.robot  # the run folder's copy means the same robot
+    lines = prepared.log_lines()
+    assert lines[0].startswith("robot.actuators: auto → motors")
+    assert any(line.startswith("cost.action_weight") for line in lines)
+    bad = _raw(DEMO_YAML)
+    bad["task"]["conditions"] = {"positions": [[0.3, 0.0, -0.05]]}
+    assert prepare_run(bad, DEMO_YAML.parent).check.warnings
+    with pytest.raises(ConfigError, match="below the floor"):
+        prepare_run(bad, DEMO_YAML.parent, strict=True)
+    bad["robot"]["description"] = "missing.urdf"
+    with pytest.raises(ConfigError, match=re.escape(str(DEMO_YAML.parent / "missing.urdf"))):
+        prepare_run(bad, DEMO_YAML.parent)
+    bad = _raw(DEMO_YAML)
+    bad["cost"]["ee"]["l3"] = 1.0
+    with pytest.raises(ConfigError, match="l3"):
+        prepare_run(bad, DEMO_YAML.parent)
