@@ -420,3 +420,27 @@ def test_prepare_run_is_the_one_call_before_a_run_folder_or_node_exists(
     bad["cost"]["ee"]["l3"] = 1.0
     with pytest.raises(ConfigError, match="l3"):
         prepare_run(bad, DEMO_YAML.parent)
+
+
+def test_urdf_links_off_the_chain_are_scenery_the_arm_collides_with(tmp_path: Path,
+                                                                    three_link_text: str) -> None:
+    """A URDF fixture fixed to the base beside the arm (not on the chain of j0..j2): it collides with the
+    links (scenery 3/3 against robot 2/1), the links still do not collide with each other."""
+    fixture = ('<link name="fixture"><collision><origin xyz="0.3 0 0.07"/>'
+               '<geometry><box size="0.05 0.05 0.05"/></geometry></collision></link>'
+               '<joint name="fixture_fixed" type="fixed"><parent link="base"/>'
+               '<child link="fixture"/></joint>')
+    (tmp_path / "r.urdf").write_text(three_link_text.replace("</robot>", fixture + "</robot>"))
+    raw = {"robot": {"description": str(tmp_path / "r.urdf"), "joints": ["j0", "j1", "j2"],
+                     "ee": {"frame": "tip"}},
+           "task": {"initial_q": [0.0, 0.0, 0.0], "conditions": {"positions": [[0.3, 0.2, 0.1]]}}}
+    experiment = experiment_from_dict(raw, tmp_path, str(tmp_path / "experiment.yaml"))
+    model = build_scene(experiment).spec.compile()
+    bits = {model.body(int(model.geom_bodyid[g])).name:
+            (int(model.geom_contype[g]), int(model.geom_conaffinity[g]))
+            for g in range(model.ngeom) if model.geom(g).name != "floor"}
+    assert bits == {"l0": (2, 1), "l1": (2, 1), "l2": (2, 1), "fixture": (3, 3)}
+    warnings = check_robot(experiment).warnings
+    # at q = 0 link l1 (x 0.2..0.4 at z 0.07) passes through the fixture; l0-l1 touch at the joint unseen
+    assert len(warnings) == 1 and warnings[0].count("–") == 1, warnings
+    assert "body 'fixture'" in warnings[0] and "body 'l1'" in warnings[0], warnings
