@@ -467,7 +467,9 @@ class GPSIterationReport:
     s_step: the S-step's losses; policy_cost, policy_distance: noiseless policy rollouts on the
     evaluation conditions (Σ_t c and final mean ee distance), None without an evaluation env;
     *_s: wall-clock seconds of the phases; train_policy_cost: Σ_t c of the gps.select_best rollouts (on the
-    training or, with select_on "validation", the validation conditions), None without select_best.
+    training or, with select_on "validation", the validation conditions), None without select_best;
+    rejected: per condition, the step check (algorithm.step_check) kept the controller; check_trials: the
+    noiseless trials the step check ran this iteration (not counted in sampling).
     """
 
     iteration: int
@@ -483,6 +485,8 @@ class GPSIterationReport:
     c_step_s: float
     s_step_s: float
     train_policy_cost: tuple[float, ...] | None = None
+    rejected: tuple[bool, ...] = ()
+    check_trials: int = 0
 
 
 def policy_rollouts(env: Environment, policy: Policy, conditions: Sequence[int]) -> list[SampleBatch]:
@@ -755,7 +759,10 @@ class MDGPS:
         for m, (opt, (dyn, quad), ref) in enumerate(zip(self.lg.optimizers, models, references, strict=True)):
             centre = opt.controller if ref is None else ref
             try:
-                controller, info = opt.update(dyn, quad, reference=ref, adapt_step=False)
+                if self.config.step_check.enabled:
+                    controller, info, _ = self.lg.checked_c_step(m, dyn, quad, ref)
+                else:
+                    controller, info = opt.update(dyn, quad, reference=ref, adapt_step=False)
             except KLSearchError:  # only when the optimizer's own zero step is switched off
                 controller, info = self._zero_step(opt, centre, dyn, quad)
                 self.fallbacks.append((self.iteration_count, m))
@@ -804,6 +811,7 @@ class MDGPS:
         """One MDGPS iteration: sample, S-step and C-step (in the configured order), evaluate."""
         t0 = time.perf_counter()
         on_policy = self.gps_config.sample_on_policy and self.iteration_count > 0
+        checks_before = self.lg.check_trials
         batches = self._sample_all()
         t1 = time.perf_counter()
         if self.gps_config.s_step_order == "before_c_step":
@@ -824,6 +832,7 @@ class MDGPS:
             kl=tuple(i.kl for i in infos), s_step=s_report, sampled_on_policy=on_policy,
             policy_cost=policy_cost, policy_distance=policy_distance,
             sampling_s=t1 - t0, c_step_s=c_step_s, s_step_s=s_step_s, train_policy_cost=train_policy_cost,
+            rejected=tuple(i.rejected for i in infos), check_trials=self.lg.check_trials - checks_before,
         )
         self.iteration_count += 1
         self.reports.append(report)

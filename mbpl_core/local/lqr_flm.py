@@ -24,11 +24,18 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from mbpl_core.config import ConfigError
-from mbpl_core.containers import LinearGaussianController, SampleBatch, ShapeError, StateLayout
-from mbpl_core.costs import Cost, quadratic_cost_model
+from mbpl_core.containers import (
+    LinearDynamics,
+    LinearGaussianController,
+    SampleBatch,
+    ShapeError,
+    StateLayout,
+)
+from mbpl_core.costs import Cost, QuadraticCost, quadratic_cost_model
 from mbpl_core.local.dynamics import DynamicsFitConfig, DynamicsFitter
 from mbpl_core.local.init import InitConfig, initial_controller
-from mbpl_core.local.traj_opt import ConditionOptimizer, KLStepConfig
+from mbpl_core.local.step_check import StepCheckConfig, StepCheckResult, checked_update
+from mbpl_core.local.traj_opt import ConditionOptimizer, KLStepConfig, UpdateInfo
 from mbpl_core.noise import NoiseConfig, generate_noise
 
 
@@ -63,7 +70,11 @@ class Environment(Protocol):
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
-    """YAML section ``algorithm``: iterations, samples per condition, seed and the parts' settings."""
+    """YAML section ``algorithm``: iterations, samples per condition, seed and the parts' settings.
+
+    step_check: validate every C-step with a noiseless trial before taking it
+    (:mod:`mbpl_core.local.step_check`; off by default). Used by :class:`mbpl_core.guided.mdgps.MDGPS`.
+    """
 
     iterations: int = 10
     samples_per_condition: int = 5
@@ -72,6 +83,7 @@ class AlgorithmConfig:
     dynamics: DynamicsFitConfig = field(default_factory=DynamicsFitConfig)
     init: InitConfig = field(default_factory=InitConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    step_check: StepCheckConfig = field(default_factory=StepCheckConfig)
 
     def __post_init__(self) -> None:
         if self.iterations < 0:
@@ -136,6 +148,9 @@ class LQRFLM:
         self.fitters = [DynamicsFitter(self.config.dynamics) for _ in range(M)]
         self.iteration_count = 0
         self.reports: list[IterationReport] = []
+        # Noiseless cost Σ_t c of each condition's current controller (config.step_check), once measured.
+        self.noiseless_costs: list[float | None] = [None] * M
+        self.check_trials = 0  # noiseless trials run by the step check so far
 
     @property
     def controllers(self) -> list[LinearGaussianController]:
@@ -154,11 +169,40 @@ class LQRFLM:
         ]
         return SampleBatch.concatenate(samples)
 
+    def noiseless_cost(self, condition: int, controller: LinearGaussianController) -> float:
+        """Σ_t c of one noiseless trial of ``controller`` from ``condition`` (counted in check_trials)."""
+        batch = self.env.sample(controller, condition, None)
+        self.check_trials += 1
+        return float(np.sum(quadratic_cost_model(self.costs[condition], batch)[0]))
+
+    def checked_c_step(self, condition: int, dynamics: LinearDynamics, quad: QuadraticCost,
+                       reference: LinearGaussianController | None = None
+                       ) -> tuple[LinearGaussianController, UpdateInfo, StepCheckResult]:
+        """The KL step of ``condition`` behind the step check (:func:`~mbpl_core.local.step_check.
+        checked_update`), at the optimizer's current step_mult; keeps :attr:`noiseless_costs` current."""
+        opt = self.optimizers[condition]
+        baseline = self.noiseless_costs[condition]
+        if baseline is None:
+            baseline = self.noiseless_cost(condition, opt.controller)
+        controller, info, result = checked_update(
+            opt, dynamics, quad, reference, lambda c: self.noiseless_cost(condition, c), baseline,
+            self.config.step_check)
+        self.noiseless_costs[condition] = result.costs[-1] if result.accepted else baseline
+        return controller, info, result
+
+    def c_step(self, condition: int, dynamics: LinearDynamics, quad: QuadraticCost) -> UpdateInfo:
+        """LQR-FLM step of one condition: adapt step_mult, then the KL step (checked when enabled)."""
+        opt = self.optimizers[condition]
+        if not self.config.step_check.enabled:
+            return opt.update(dynamics, quad)[1]
+        opt.adapt(dynamics, quad)
+        return self.checked_c_step(condition, dynamics, quad)[1]
+
     def iteration(self) -> IterationReport:
         """One LQR-FLM iteration over all conditions; returns (and keeps) its report."""
         clock = {"sampling": 0.0, "dynamics": 0.0, "cost": 0.0, "lqr": 0.0}
         rows = []
-        for m, (opt, fitter, cost) in enumerate(zip(self.optimizers, self.fitters, self.costs, strict=True)):
+        for m, (fitter, cost) in enumerate(zip(self.fitters, self.costs, strict=True)):
             start = time.perf_counter()
             batch = self.sample_condition(m)
             t1 = time.perf_counter()
@@ -166,7 +210,7 @@ class LQRFLM:
             t2 = time.perf_counter()
             sample_costs, quad = quadratic_cost_model(cost, batch)
             t3 = time.perf_counter()
-            _, info = opt.update(dynamics, quad)
+            info = self.c_step(m, dynamics, quad)
             t4 = time.perf_counter()
             for key, dt in zip(clock, (t1 - start, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 clock[key] += dt
@@ -217,6 +261,8 @@ class LQRFLM:
             "optimizers": self.optimizers,
             "iteration_count": self.iteration_count,
             "reports": list(self.reports),
+            "noiseless_costs": list(self.noiseless_costs),
+            "check_trials": self.check_trials,
         }
 
     @classmethod
@@ -231,6 +277,8 @@ class LQRFLM:
         obj.fitters = list(state["fitters"])
         obj.iteration_count = int(state["iteration_count"])
         obj.reports = list(state["reports"])
+        obj.noiseless_costs = list(state.get("noiseless_costs", obj.noiseless_costs))
+        obj.check_trials = int(state.get("check_trials", 0))
         return obj
 
 

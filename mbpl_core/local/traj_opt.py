@@ -479,7 +479,9 @@ class UpdateInfo:
     """What one :meth:`ConditionOptimizer.update` did.
 
     expected_cost: Σ_t E[c_t] of the new controller under the new dynamics and cost model;
-    fallback: the η search was infeasible and the step was the zero step (new controller = reference).
+    fallback: the η search was infeasible and the step was the zero step (new controller = reference);
+    rejected: the step check (:mod:`mbpl_core.local.step_check`) rejected every candidate and the
+    controller stayed (kl: its KL to the reference, expected_cost: under the new model).
     """
 
     eta: float
@@ -489,6 +491,7 @@ class UpdateInfo:
     eta_iterations: int
     expected_cost: float
     fallback: bool = False
+    rejected: bool = False
 
 
 def total_expected_cost(controller: LinearGaussianController, dynamics: LinearDynamics,
@@ -551,15 +554,36 @@ class ConditionOptimizer:
         """Adapt step_mult (if asked and possible), then take the KL step against ``reference``.
 
         reference None → the current controller (LQR-FLM); MDGPS passes the policy linearisation.
-        ε = kl_step · step_mult · T.
+        ε = kl_step · step_mult · T. Equivalent to :meth:`adapt`, :meth:`solve` and :meth:`accept`.
         """
+        if adapt_step:
+            self.adapt(dynamics, quad)
+        controller, info = self.solve(dynamics, quad, reference)
+        self.accept(controller, info, dynamics, quad)
+        return controller, info
+
+    def adapt(self, dynamics: LinearDynamics, quad: QuadraticCost) -> None:
+        """GPS's step-size rule (:func:`adapt_step_mult`) onto step_mult; nothing before the first update."""
+        if not self.has_previous_update:
+            return
         with single_threaded_blas():
-            if adapt_step and self.has_previous_update:
-                previous, predicted, actual = self.step_adjustment(dynamics, quad)
-                self._step_mult = adapt_step_mult(self._step_mult, previous, predicted, actual,
-                                                  self.config.min_step_mult, self.config.max_step_mult)
+            previous, predicted, actual = self.step_adjustment(dynamics, quad)
+        self._step_mult = adapt_step_mult(self._step_mult, previous, predicted, actual,
+                                          self.config.min_step_mult, self.config.max_step_mult)
+
+    def solve(self, dynamics: LinearDynamics, quad: QuadraticCost,
+              reference: LinearGaussianController | None = None,
+              step_mult: float | None = None) -> tuple[LinearGaussianController, UpdateInfo]:
+        """The KL step against ``reference`` (None: the current controller) at ``step_mult`` (None: the
+        current one), without changing this optimizer: a candidate that :meth:`accept` makes current.
+
+        An infeasible η search gives the reference itself (info.fallback) unless
+        zero_step_when_infeasible is off (KLSearchError).
+        """
+        mult = self._step_mult if step_mult is None else float(step_mult)
+        with single_threaded_blas():
             ref = self.controller if reference is None else reference
-            epsilon = self.config.kl_step * self._step_mult * dynamics.T
+            epsilon = self.config.kl_step * mult * dynamics.T
             fallback = False
             try:
                 result = kl_constrained_update(quad, dynamics, ref, epsilon, self.eta, self.config)
@@ -570,9 +594,18 @@ class ConditionOptimizer:
                 fallback = True
             with np.errstate(over="ignore", invalid="ignore"):  # an expansive reference may overflow
                 new_cost = total_expected_cost(result.controller, dynamics, quad)
-        self._prev_controller, self._prev_dynamics, self._prev_quad = self.controller, dynamics, quad
-        self.controller, self.eta = result.controller, result.eta
-        self.iteration += 1
-        info = UpdateInfo(result.eta, result.kl, epsilon, self._step_mult, result.iterations, new_cost,
-                          fallback)
+        info = UpdateInfo(result.eta, result.kl, epsilon, mult, result.iterations, new_cost, fallback)
         return result.controller, info
+
+    def accept(self, controller: LinearGaussianController, info: UpdateInfo, dynamics: LinearDynamics,
+               quad: QuadraticCost) -> None:
+        """Make ``controller`` (from :meth:`solve` on ``dynamics``, ``quad``) current; η from ``info``."""
+        self._prev_controller, self._prev_dynamics, self._prev_quad = self.controller, dynamics, quad
+        self.controller, self.eta = controller, info.eta
+        self.iteration += 1
+
+    def keep(self, dynamics: LinearDynamics, quad: QuadraticCost) -> None:
+        """Take no step this iteration (a rejected candidate): the controller stays current, and the next
+        :meth:`adapt` compares against it under ``dynamics`` and ``quad``."""
+        self._prev_controller, self._prev_dynamics, self._prev_quad = self.controller, dynamics, quad
+        self.iteration += 1
