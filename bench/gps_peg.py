@@ -9,7 +9,13 @@ per iteration, 16 held-out positions inside the square. After every iteration it
   and the mean ee-point distance (tip and top);
 * the deployed policy (``MDGPS.deployed_policy``: with gps.select_best the snapshot of lowest noiseless
   cost on the training holes, chosen without the held-out ones): its held-out success;
-* step_mult, KL, fallbacks, S-step losses and the wall time of the iteration's phases.
+* step_mult, KL, fallbacks, steps rejected by algorithm.step_check and its noiseless trials, S-step losses
+  and the wall time of the iteration's phases.
+
+Per seed: the iteration at which all four LG controllers first insert (``lg_all_inserted_after``), how many
+noiseless LG trials of later iterations jam (``later_jams``: (iteration, condition) pairs with the tip
+>= 1 cm), the held-out success per iteration of the newest and the deployed policy and the wall time.
+``--compare OLD.json`` checks that every figure but the wall times equals an earlier run's.
 
 Acceptance: LG success on all 4 training conditions within 10 iterations; policy success on >= 90 % of
 the held-out conditions after <= 12 iterations. Writes bench/results/gps_peg.json and gps_peg.png.
@@ -92,6 +98,8 @@ def run_seed(config_path: Path, iterations: int, seed: int, overrides: dict[str,
             "step_mult": report.step_mult[0],
             "kl": list(report.kl),
             "fallbacks": sum(1 for i, _ in mdgps.fallbacks if i == report.iteration),
+            "rejected_steps": [int(r) for r in report.rejected],
+            "check_trials": report.check_trials,
             "s_step_loss": [report.s_step.loss_before, report.s_step.loss_after],
             "wall_s": wall,
             "sampling_s": report.sampling_s, "c_step_s": report.c_step_s, "s_step_s": report.s_step_s,
@@ -102,11 +110,26 @@ def run_seed(config_path: Path, iterations: int, seed: int, overrides: dict[str,
               f"tip cm {np.round(100 * lg_tip, 1)}  policy held-out success {row['policy_success']:.2f} "
               f"mean tip {100 * policy_tip.mean():.1f} cm  deployed {row['deployed_success']:.2f}  "
               f"step_mult {row['step_mult']:.2f}", flush=True)
+    inserted = _first(rows, "lg_success", 1.0)
+    later = [] if inserted is None else [(r["iteration"] + 1, m) for r in rows[inserted:]
+                                         for m, tip in enumerate(r["lg_tip_m"]) if tip >= SUCCESS_M]
     return {"seed": seed, "iterations": rows, "total_s": time.perf_counter() - start,
-            "lg_all_inserted_after": _first(rows, "lg_success", 1.0),
+            "lg_all_inserted_after": inserted,
+            "later_jams": len(later), "later_jam_trials": later,
+            "policy_success_per_iteration": [r["policy_success"] for r in rows],
+            "deployed_success_per_iteration": [r["deployed_success"] for r in rows],
             "policy_90_after": _first(rows, "policy_success", 0.9),
             "policy_best": max(r["policy_success"] for r in rows),
             "deployed_90_after": _first(rows, "deployed_success", 0.9)}
+
+
+def figures(value: Any) -> Any:
+    """``value`` without wall-clock entries (keys ending in _s): what two runs of one seed must share."""
+    if isinstance(value, dict):
+        return {k: figures(v) for k, v in value.items() if not k.endswith("_s") and k != "machine"}
+    if isinstance(value, list):
+        return [figures(v) for v in value]
+    return value
 
 
 def _first(rows: list[dict[str, Any]], key: str, level: float) -> int | None:
@@ -152,6 +175,8 @@ def main() -> None:
     parser.add_argument("--override", type=json.loads, default={},
                         help='JSON merged into the config, e.g. \'{"gps": {"iterations": 4000}}\'')
     parser.add_argument("--out", default="gps_peg", help="results name: bench/results/<out>.json and .png")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="earlier results JSON: are all figures but the wall times identical?")
     args = parser.parse_args()
     results = [run_seed(args.config, args.iterations, seed, args.override) for seed in args.seeds]
     out = {
@@ -166,6 +191,11 @@ def main() -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{args.out}.json").write_text(json.dumps(out, indent=1))
     plot(results, results_dir / f"{args.out}.png")
+    print("seed | LG all inserted at | later jams | newest / deployed held-out at the last iteration | s")
+    for res in results:
+        last = res["iterations"][-1]
+        print(f"{res['seed']:4d} | {res['lg_all_inserted_after']!s:>18} | {res['later_jams']:10d} | "
+              f"{last['policy_success']:.2f} / {last['deployed_success']:.2f} | {res['total_s']:.0f}")
     for res in results:
         last = res["iterations"][-1]
         print(f"seed {res['seed']}: LG all 4 inserted after {res['lg_all_inserted_after']} iterations, "
@@ -174,6 +204,10 @@ def main() -> None:
               f"final deployed success {last['deployed_success']:.2f} "
               f"(from iteration {last['deployed_from_iteration']}), "
               f"{res['total_s']:.0f} s")
+    if args.compare is not None:
+        old = json.loads(args.compare.read_text())
+        same = figures(json.loads(json.dumps(out))) == figures(old)
+        print(f"figures identical to {args.compare}: {same}")
 
 
 if __name__ == "__main__":
