@@ -13,13 +13,13 @@ error measured in fractions of each joint's effort range, so joints with large l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mbpl_core.config import ConfigError
-from mbpl_core.containers import SampleBatch
+from mbpl_core.containers import SampleBatch, StateLayout
 from mbpl_core.guided.mdgps import GaussianMLPPolicy, policy_to_params, train_policy
 from mbpl_core.local.lqr_flm import Environment, Policy
 from mbpl_core.policy import GPSConfig, NumpyPolicy
@@ -76,35 +76,51 @@ class DistillRound:
     label_gap: tuple[float, ...]
 
 
+Rollouts = Callable[[NumpyPolicy], Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+"""policy → per condition (X (T, dX) visited, U (T, dU) applied, U* (T, dU) the expert's labels)."""
+
+
+def labelled_rollouts(env: Environment, expert: Policy) -> Rollouts:
+    """In one process: a noiseless rollout of the policy per condition, labelled as it runs."""
+    def run(policy: NumpyPolicy) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        out = []
+        for m in range(env.num_conditions):
+            labeller = LabellingPolicy(policy, expert)
+            batch = env.sample(labeller, m, None)
+            out.append((batch.X[0], batch.U[0], np.asarray(labeller.labels)))
+        return out
+    return run
+
+
 def distill_planner(env: Environment, expert: Policy, expert_trials: Sequence[SampleBatch],
                     effort_limits: np.ndarray, config: DistillConfig,
                     ) -> tuple[GaussianMLPPolicy, list[DistillRound]]:
-    """Train the deployable policy to imitate ``expert`` (see the module docstring).
+    """Train the deployable policy to imitate ``expert`` on ``env`` (see the module docstring).
 
     expert_trials: the planner's own trajectories (X (1, T, dX), U (1, T, dU) the actions it applied).
     Returns the policy and one record per DAgger round (round 0 is evaluated like the others).
     """
+    return distill(expert_trials, labelled_rollouts(env, expert), env.dX, env.dU, env.layout,
+                   effort_limits, config)
+
+
+def distill(expert_trials: Sequence[SampleBatch], rollouts: Rollouts, dX: int, dU: int, layout: StateLayout,
+            effort_limits: np.ndarray, config: DistillConfig) -> tuple[GaussianMLPPolicy, list[DistillRound]]:
+    """DAgger with any way of running the policy (in process, or through the robot's sampler)."""
     limits = np.asarray(effort_limits, dtype=np.float64)
     prec = np.diag(1.0 / (config.action_scale * limits) ** 2)
     X = np.concatenate([b.X[0] for b in expert_trials])
     U = np.concatenate([b.U[0] for b in expert_trials])
-    policy = GaussianMLPPolicy.from_config(config.policy, env.dX, env.dU)
+    policy = GaussianMLPPolicy.from_config(config.policy, dX, dU)
     rounds: list[DistillRound] = []
     for r in range(config.rounds + 1):
         fit = train_policy(policy, policy.observe(X), U, np.broadcast_to(prec, (len(X), *prec.shape)),
                            config.policy)
-        numpy_policy = NumpyPolicy(policy_to_params(policy))
-        visited, labels, finals, gaps = [], [], [], []
-        for m in range(env.num_conditions):
-            labeller = LabellingPolicy(numpy_policy, expert)
-            batch = env.sample(labeller, m, None)
-            u_star = np.asarray(labeller.labels)
-            visited.append(batch.X[0])
-            labels.append(u_star)
-            finals.append(float(np.linalg.norm(batch.X[0, -1, env.layout.ee_points][:3])))
-            gaps.append(float(np.mean(np.abs(batch.U[0] - np.clip(u_star, -limits, limits)))))
-        rounds.append(DistillRound(r, len(X), fit.loss_before, fit.loss_after, tuple(finals), tuple(gaps)))
+        runs = rollouts(NumpyPolicy(policy_to_params(policy)))
+        finals = tuple(float(np.linalg.norm(Xr[-1, layout.ee_points][:3])) for Xr, _, _ in runs)
+        gaps = tuple(float(np.mean(np.abs(Ur - np.clip(Us, -limits, limits)))) for _, Ur, Us in runs)
+        rounds.append(DistillRound(r, len(X), fit.loss_before, fit.loss_after, finals, gaps))
         if r < config.rounds:
-            X = np.concatenate([X, *visited])
-            U = np.concatenate([U, *labels])
+            X = np.concatenate([X, *(Xr for Xr, _, _ in runs)])
+            U = np.concatenate([U, *(Us for _, _, Us in runs)])
     return policy, rounds

@@ -101,7 +101,7 @@ class MPCController:
     def plan(self, x: np.ndarray, t: int) -> Plan:
         """Plan u_t..u_{t+H−1} from x: (dX,) at step t; becomes the next call's warm start."""
         start = time.perf_counter()
-        x = np.asarray(x, dtype=np.float64)
+        x = np.array(x, dtype=np.float64)  # a copy: torch refuses read-only arrays (recorded samples)
         if x.ndim != 1:
             raise ShapeError(f"x must have shape (dX,), got {x.shape}")
         check_finite("x", x)

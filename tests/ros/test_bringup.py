@@ -83,6 +83,17 @@ def test_graph_from_the_demo_experiment() -> None:
     assert all(Path(s.parameters["config"]).is_absolute() for s in specs)
 
 
+def test_each_method_gets_its_learning_nodes(tmp_path: Path) -> None:
+    names = {method: [s.name for s in graph_from_experiment(tmp_path / "x.yaml", {"method": method})]
+             for method in ("lqr_flm", "mdgps", "pets")}
+    assert names["lqr_flm"] == names["mdgps"] == ["sim", "sampler", "fitting", "ilqr", "trainer"]
+    assert names["pets"] == ["sim", "sampler", "model", "planner", "trainer"]
+    specs = graph_from_experiment(tmp_path / "x.yaml", {"method": "pets"}, run_token="abc")
+    assert all(s.parameters.get("run_token") == "abc" for s in specs if s.name != "sim")
+    with pytest.raises(ConfigError, match="does not run through the graph"):
+        graph_from_experiment(tmp_path / "x.yaml", {"method": "sac"})
+
+
 def test_ros_section_options_and_errors(tmp_path: Path) -> None:
     ros = {"lockstep": False, "sim": False, "respawn": ["fitting"], "nodes": {"ilqr": {"workers": 2}}}
     raw = {"ros": ros}
@@ -92,7 +103,7 @@ def test_ros_section_options_and_errors(tmp_path: Path) -> None:
     for bad, reason in (
         ({"lockstep": 1}, "true/false"),
         ({"respawn": ["trainer"]}, "cannot respawn"),
-        ({"nodes": {"planner": {}}}, "unknown node"),
+        ({"nodes": {"optimizer": {}}}, "unknown node"),
         ({"lockstep_typo": True}, "unknown key"),
     ):
         with pytest.raises(ConfigError, match=reason):

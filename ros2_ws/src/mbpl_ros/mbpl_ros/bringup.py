@@ -49,8 +49,16 @@ GRAPH_NODES = (
     ("sampler", "mbpl_ros.sampler_node"),
     ("fitting", "mbpl_ros.fitting_node"),
     ("ilqr", "mbpl_ros.ilqr_node"),
+    ("model", "mbpl_ros.model_node"),
+    ("planner", "mbpl_ros.planner_node"),
     ("trainer", "mbpl_ros.trainer_node"),
 )
+# the nodes each method's graph runs (local models: fitting + iLQR; PETS: the learned model + planner)
+METHOD_NODES = {
+    "lqr_flm": ("sim", "sampler", "fitting", "ilqr", "trainer"),
+    "mdgps": ("sim", "sampler", "fitting", "ilqr", "trainer"),
+    "pets": ("sim", "sampler", "model", "planner", "trainer"),
+}
 REQUIRED_NODE = "trainer"
 
 
@@ -114,7 +122,7 @@ class RosSection:
             raise ConfigError(f"ros.realtime_rate: must be >= 0, got {self.realtime_rate}")
 
 
-TOKEN_NODES = ("sampler", "ilqr", "trainer")
+TOKEN_NODES = ("sampler", "ilqr", "model", "planner", "trainer")
 
 
 def new_run_token() -> str:
@@ -126,7 +134,8 @@ def graph_from_experiment(
     config_path: str | Path, raw: Mapping[str, Any] | None = None, run_dir: str | Path | None = None,
     run_token: str = "",
 ) -> list[NodeSpec]:
-    """The node graph of an experiment: sim (unless ``ros.sim`` is false), sampler, fitting, ilqr, trainer.
+    """The node graph of an experiment: sim (unless ``ros.sim`` is false), sampler, the method's learning
+    nodes (fitting + ilqr, or model + planner for PETS: :data:`METHOD_NODES`), trainer.
 
     raw: the parsed YAML when the caller has it already (else the file is read). run_dir: the run
     folder every node except the sim writes to (parameter ``run_dir``; None: the nodes' default).
@@ -140,8 +149,12 @@ def graph_from_experiment(
     ros = from_dict(RosSection, dict(raw.get("ros") or {}), "ros")
     mode = "lockstep" if ros.lockstep else "realtime"
     specs = []
+    method = str(raw.get("method") or "lqr_flm")
+    if method not in METHOD_NODES:
+        raise ConfigError(f"method: {method!r} does not run through the graph; graph methods: "
+                          f"{list(METHOD_NODES)} (the others run in one process: mbpl train)")
     for name, module in GRAPH_NODES:
-        if name == "sim" and not ros.sim:
+        if name not in METHOD_NODES[method] or (name == "sim" and not ros.sim):
             continue
         params: dict[str, Any] = {"config": str(config_path)}
         if name in ("sim", "sampler"):

@@ -23,6 +23,8 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from mbpl_msgs.msg import LinearDynamics as LinearDynamicsMsg
 from mbpl_msgs.msg import LinearGaussianController as LinearGaussianControllerMsg
+from mbpl_msgs.msg import Plan as PlanMsg
+from mbpl_msgs.msg import PlanRequest as PlanRequestMsg
 from mbpl_msgs.msg import PolicyParameters as PolicyParametersMsg
 from mbpl_msgs.msg import TrajectorySample as TrajectorySampleMsg
 from sensor_msgs.msg import JointState
@@ -37,8 +39,9 @@ from mbpl_core.containers import (
     check_finite,
 )
 from mbpl_core.policy import PolicyParams
+from mbpl_ros.plan_source import PlanData, PlanRequestData
 
-POLICY_KINDS = ("lg", "policy")
+POLICY_KINDS = ("lg", "policy", "mpc", "random")
 # the hidden-layer activations mbpl_core.policy.NumpyPolicy implements
 ACTIVATIONS = ("relu", "tanh")
 _SYMMETRY_RTOL = 1e-9
@@ -58,7 +61,13 @@ __all__ = [
     "msg_to_dynamics",
     "msg_to_efforts",
     "msg_to_policy_params",
+    "msg_to_plan",
+    "msg_to_plan_request",
     "msg_to_sample",
+    "PlanData",
+    "PlanRequestData",
+    "plan_request_to_msg",
+    "plan_to_msg",
     "msg_to_sample_metadata",
     "policy_params_to_msg",
     "sample_to_msg",
@@ -385,6 +394,48 @@ def msg_to_policy_params(msg: PolicyParametersMsg) -> PolicyParams:
     state_dim = int(msg.state_dim) or None
     return PolicyParams(weights=layers, activation=msg.activation, obs_mean=obs_mean, obs_std=obs_std,
                         obs_indices=_obs_indices(msg, obs_dim), action_covar=covar, state_dim=state_dim)
+
+
+# ------------------------------------------------------------------------------------------------ plans
+def plan_to_msg(plan: PlanData, stamp: Time | None = None) -> PlanMsg:
+    """Message of a plan: actions (h, du) flattened row-major."""
+    msg = PlanMsg()
+    _header_stamp(msg, stamp)
+    msg.run_token, msg.trial_id, msg.t = plan.run_token, int(plan.trial_id), int(plan.t)
+    msg.h, msg.du = int(plan.actions.shape[0]), int(plan.actions.shape[1])
+    msg.actions = _to_array_d(plan.actions)
+    msg.predicted_cost, msg.model_version = float(plan.predicted_cost), int(plan.model_version)
+    msg.planning_time = float(plan.planning_time)
+    return msg
+
+
+def msg_to_plan(msg: PlanMsg) -> PlanData:
+    """PlanData from its message; ShapeError on bad dims, lengths or NaN/Inf."""
+    h, du = int(msg.h), int(msg.du)
+    _require_dims("Plan", h=h, du=du)
+    actions = _from_field(msg, "actions", (h, du), "Plan").copy()
+    return PlanData(int(msg.trial_id), int(msg.t), actions, float(msg.predicted_cost),
+                    int(msg.model_version), float(msg.planning_time), msg.run_token)
+
+
+def plan_request_to_msg(request: PlanRequestData, stamp: Time | None = None) -> PlanRequestMsg:
+    """Message of a plan request: x (dx,)."""
+    msg = PlanRequestMsg()
+    _header_stamp(msg, stamp)
+    msg.run_token, msg.trial_id = request.run_token, int(request.trial_id)
+    msg.condition, msg.t, msg.seed = int(request.condition), int(request.t), int(request.seed)
+    msg.model_version, msg.dx = int(request.model_version), int(request.x.shape[0])
+    msg.x = _to_array_d(request.x)
+    return msg
+
+
+def msg_to_plan_request(msg: PlanRequestMsg) -> PlanRequestData:
+    """PlanRequestData from its message; ShapeError on a bad dx, length or NaN/Inf."""
+    dx = int(msg.dx)
+    _require_dims("PlanRequest", dx=dx)
+    x = _from_field(msg, "x", (dx,), "PlanRequest").copy()
+    return PlanRequestData(int(msg.trial_id), int(msg.condition), int(msg.t), int(msg.seed),
+                           int(msg.model_version), x, msg.run_token)
 
 
 # ------------------------------------------------------------------------------- joint states, efforts

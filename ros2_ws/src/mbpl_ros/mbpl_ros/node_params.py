@@ -93,6 +93,33 @@ class TrainerNodeParams:
 
 
 @dataclass(frozen=True)
+class ModelNodeParams:
+    """Parameters of the model node (PETS: the ensemble trained from the recorded trajectories)."""
+
+    config: str = param(_CONFIG_DOC, "")
+    run_dir: str = param(_RUN_DIR_DOC, "")
+    keep_results: int = param("fit results kept for repeated (idempotent) requests", 3)
+    run_token: str = param("the run's token; FitModel requests with another are refused", "")
+
+    def __post_init__(self) -> None:
+        _require_config("model", self.config)
+        if self.keep_results < 1:
+            raise ConfigError(f"model node: keep_results must be >= 1, got {self.keep_results}")
+
+
+@dataclass(frozen=True)
+class PlannerNodeParams:
+    """Parameters of the planner node (PETS: MPC over the model node's ensemble)."""
+
+    config: str = param(_CONFIG_DOC, "")
+    run_dir: str = param(_RUN_DIR_DOC, "")
+    run_token: str = param("the run's token; plan requests with another are ignored (and counted)", "")
+
+    def __post_init__(self) -> None:
+        _require_config("planner", self.config)
+
+
+@dataclass(frozen=True)
 class ExperimentSettings:
     """What the nodes take from the experiment file: the experiment, its algorithm and cost configs."""
 

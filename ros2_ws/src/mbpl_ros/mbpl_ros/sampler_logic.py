@@ -61,13 +61,21 @@ from mbpl_ros.action_bounds import (
     urdf_velocity_limits,
 )
 from mbpl_ros.params import param
+from mbpl_ros.plan_source import (
+    PlanAbortError,
+    PlanData,
+    PlanInbox,
+    PlanRequestData,
+    PlanSource,
+    RandomEfforts,
+)
 from mbpl_ros.rt_loop import NS_PER_S, DeadlineLoop, LoopStats, TickInfo
 from mbpl_sim.experiment import ExperimentConfig
 from mbpl_sim.kinematics import EndEffectorKinematics
 from mbpl_sim.robot import load_robot_spec
 from mbpl_sim.task import CONDITION_SETS
 
-POLICY_KINDS = ("lg", "policy")
+POLICY_KINDS = ("lg", "policy", "mpc", "random")
 MODES = ("lockstep", "realtime")
 
 
@@ -117,6 +125,11 @@ class SamplerParams:
     gil_switch_interval: float = param(
         "realtime mode: seconds another thread may keep Python's GIL once the control thread wants it "
         "(sys.setswitchinterval; Python's 0.005 delays control ticks by up to 5 ms)", 1.0e-4)
+    plan_timeout: float = param(
+        'lockstep, policy_kind "mpc": seconds to wait for the plan of a step before the trial aborts', 10.0)
+    max_plan_age: int = param(
+        'realtime, policy_kind "mpc": control steps a plan may be behind before the trial aborts (its '
+        "actions for the current step are executed meanwhile)", 5)
     realtime_priority: int = param(
         "realtime mode: SCHED_FIFO priority 1-99 of the control thread (needs root or CAP_SYS_NICE; "
         "refused: logged, normal priority, as ros2_control's controller manager does); 0: normal scheduling",
@@ -130,6 +143,7 @@ class SamplerParams:
         if not self.controller or any(c.isspace() for c in self.controller):
             raise ConfigError(f"sampler: invalid controller name {self.controller!r}")
         positive = ("state_timeout", "reset_timeout", "max_gain", "diagnostics_period", "max_action_ratio",
+                    "plan_timeout",
                     "max_policy_gain",
                     "max_noise_ratio", "joint_velocity_limit")
         for name in positive:
@@ -146,6 +160,8 @@ class SamplerParams:
         if self.condition_set not in CONDITION_SETS:
             raise ConfigError(f"sampler: condition_set must be one of {CONDITION_SETS}, got "
                               f"{self.condition_set!r}")
+        if self.max_plan_age < 0:
+            raise ConfigError(f"sampler: max_plan_age must be >= 0 steps, got {self.max_plan_age}")
         if self.max_queued_trials < 0 or self.controller_history < 1:
             raise ConfigError("sampler: max_queued_trials must be >= 0 and controller_history >= 1, got "
                               f"{self.max_queued_trials}, {self.controller_history}")
@@ -430,7 +446,7 @@ class QueuedTrial:
 
     request: TrialRequest
     controller_id: int
-    source: LinearGaussianController | NumpyPolicy
+    source: LinearGaussianController | NumpyPolicy | PlanSource | RandomEfforts
 
 
 class TrialRecorder:
@@ -450,7 +466,7 @@ class TrialRecorder:
         self.start_time = self.end_time = 0.0
 
     @staticmethod
-    def _action_function(source: LinearGaussianController | NumpyPolicy,
+    def _action_function(source: LinearGaussianController | NumpyPolicy | PlanSource | RandomEfforts,
                          noise: np.ndarray | None) -> Callable[[int, np.ndarray], np.ndarray]:
         if isinstance(source, LinearGaussianController):
             # k'_t = k_t + chol_t ε_t once per trial: one matrix-vector product per step, and replayable
@@ -473,7 +489,7 @@ class TrialRecorder:
         try:
             x, jac = self.setup.kinematics.state_and_jacobian(reading.q, reading.qd, self._target)
             u = self._act(t, x)
-        except ShapeError as err:
+        except (ShapeError, PlanAbortError) as err:
             raise TrialAbortError(f"step {t}: {err}") from err
         if not np.all(np.isfinite(u)):
             raise TrialAbortError(f"step {t}: action is not finite: {u}")
@@ -538,6 +554,8 @@ class SamplerCounters:
     trials_aborted: int = 0
     commands_published: int = 0
     tokens_rejected: int = 0
+    plans_received: int = 0
+    plans_rejected: int = 0
     stale_states: int = 0
     last_reject_reason: str = ""
     last_refuse_reason: str = ""
@@ -545,8 +563,8 @@ class SamplerCounters:
 
     @property
     def messages_rejected(self) -> int:
-        """Rejected joint states, controllers and policies."""
-        return self.states_rejected + self.controllers_rejected + self.policies_rejected
+        """Rejected joint states, controllers, policies and plans."""
+        return self.states_rejected + self.controllers_rejected + self.policies_rejected + self.plans_rejected
 
 
 class Percentiles:
@@ -582,6 +600,8 @@ class SamplerIO(Protocol):
     def reset(self, condition: int, timeout: float) -> None: ...  # raises TrialAbortError with the reason
 
     def log(self, level: str, text: str) -> None: ...  # level: "info" | "warn" | "error"
+
+    def publish_plan_request(self, request: PlanRequestData) -> None: ...  # policy_kind "mpc"
 
 
 @dataclass
@@ -623,6 +643,7 @@ class Sampler:
         self._last_reject_log_ns = -NS_PER_S * 10
         self._unlogged_rejects = 0
         self._policy: tuple[int, NumpyPolicy] | None = None
+        self.plans = PlanInbox(setup.dU, setup.effort_limits)
         self._queue: deque[QueuedTrial] = deque()
         self._running_id: int | None = None
         self._consumed_seq = 0
@@ -786,6 +807,16 @@ class Sampler:
             raise TrialRefusedError(f"policy_kind must be one of {POLICY_KINDS}, got {request.policy_kind!r}")
         if not 0 <= m < self.setup.num_conditions:
             raise TrialRefusedError(f"condition {m} out of range [0, {self.setup.num_conditions})")
+        if request.policy_kind == "random":
+            efforts = RandomEfforts(request.seed, self.setup.T, self.setup.effort_limits)
+            return QueuedTrial(request, 0, efforts)
+        if request.policy_kind == "mpc":
+            if request.controller_id < 1:
+                raise TrialRefusedError('policy_kind "mpc" needs the model version (>= 1) in controller_id')
+            source = PlanSource(self.plans, self.io.publish_plan_request, request.trial_id, m, request.seed,
+                                request.controller_id, not self.realtime, self.params.plan_timeout,
+                                self.params.max_plan_age, request.run_token, self._stop)
+            return QueuedTrial(request, request.controller_id, source)
         if request.policy_kind == "policy":
             if self._policy is None:
                 raise TrialRefusedError("no policy received yet")
@@ -840,7 +871,25 @@ class Sampler:
             return recorder.result(abort_reason=str(err))
         except Exception as err:  # noqa: BLE001 - e.g. a failed publish: abort the trial, keep serving
             return recorder.result(abort_reason=f"internal error: {err!r}")
+        finally:
+            if isinstance(queued.source, PlanSource):
+                queued.source.close()
         return recorder.result()
+
+    def offer_plan(self, plan: PlanData | Exception, run_token: str = "") -> bool:
+        """Validate and store a plan of a running MPC trial (or count the conversion error); True if kept."""
+        self.counters.plans_received += 1
+        try:
+            if isinstance(plan, Exception):
+                raise plan
+            if self._foreign(run_token):
+                raise ShapeError("unknown run_token (not from this run)")
+            self.plans.offer(plan)
+        except (ShapeError, ValueError) as err:
+            self.counters.plans_rejected += 1
+            self.counters.last_reject_reason = f"plan: {err}"
+            return False
+        return True
 
     def _first_state(self, condition: int) -> JointReading:
         """The state a trial starts from: the first one after the reset (or, without one, an unused one).

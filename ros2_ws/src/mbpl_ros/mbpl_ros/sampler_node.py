@@ -21,7 +21,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from mbpl_msgs.msg import LinearGaussianController as ControllerMsg
-from mbpl_msgs.msg import PolicyParameters, TrajectorySample
+from mbpl_msgs.msg import Plan, PlanRequest, PolicyParameters, TrajectorySample
 from mbpl_msgs.srv import ResetSim, RunTrial
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -34,6 +34,7 @@ from mbpl_core.containers import ShapeError
 from mbpl_core.policy import load_policy_checkpoint
 from mbpl_ros import conversions
 from mbpl_ros.params import declare_parameters
+from mbpl_ros.plan_source import PlanRequestData
 from mbpl_ros.sampler_logic import (
     RobotSetup,
     Sampler,
@@ -45,6 +46,7 @@ from mbpl_ros.sampler_logic import (
 from mbpl_ros.sim_node import COMMAND_QOS, STATE_QOS
 from mbpl_sim.experiment import load_experiment
 
+PLAN_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 # a late-joining sampler must get the newest controller of every condition, however many there are
@@ -92,6 +94,9 @@ class SamplerNode(Node):
         self.create_subscription(JointState, "joint_states", self._on_joint_state, state_qos)
         self.create_subscription(ControllerMsg, "mbpl/controllers", self._on_controller, CONTROLLERS_QOS)
         self.create_subscription(PolicyParameters, "mbpl/policy", self._on_policy, LATCHED_QOS)
+        # policy_kind "mpc": the planner node answers each step's request with a plan
+        self._plan_request_pub = self.create_publisher(PlanRequest, "mbpl/plan_requests", PLAN_QOS)
+        self.create_subscription(Plan, "mbpl/plans", self._on_plan, PLAN_QOS)
         self.create_service(RunTrial, "mbpl/run_trial", self._on_run_trial)
         self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
         if self.params.policy_checkpoint:
@@ -141,6 +146,13 @@ class SamplerNode(Node):
             weights = err
         self.sampler.offer_policy(int(msg.policy_id), weights, msg.run_token)
 
+    def _on_plan(self, msg: Plan) -> None:
+        try:
+            plan: Any = conversions.msg_to_plan(msg)
+        except Exception as err:  # noqa: BLE001 - a malformed message is a rejection, never an exit
+            plan = err
+        self.sampler.offer_plan(plan, msg.run_token)
+
     def _on_run_trial(self, request: RunTrial.Request, response: RunTrial.Response) -> RunTrial.Response:
         try:
             trial = TrialRequest(condition=int(request.condition), trial_id=int(request.trial_id),
@@ -153,6 +165,12 @@ class SamplerNode(Node):
         return response
 
     # -- SamplerIO --------------------------------------------------------------------------------------
+    def publish_plan_request(self, request: PlanRequestData) -> None:
+        """Ask the planner node for a plan from request.x (policy_kind "mpc")."""
+        if self.context.ok():
+            msg = conversions.plan_request_to_msg(request, self.get_clock().now().to_msg())
+            self._plan_request_pub.publish(msg)
+
     def publish_command(self, u: np.ndarray) -> None:
         """Efforts u (dU,) on <controller>/commands."""
         if self.context.ok():  # the control thread may tick once more while SIGINT shuts rclpy down

@@ -44,7 +44,11 @@ class TrainerNode(Node):
         self.hooks = hooks
 
     def train(self) -> None:
-        """Run (or resume) the loop to the end, then write the history and its plot."""
+        """Run (or resume) the experiment's method to the end, then write the history and its plot."""
+        TRAINERS[self.settings.experiment.method](self)
+
+    def train_local(self) -> None:
+        """LQR-FLM, and MDGPS with GPSHooks: :class:`TrainerLoop`."""
         algo, experiment = self.settings.algorithm, self.settings.experiment
         iterations = algo.iterations if self.params.iterations < 0 else self.params.iterations
         loop_settings = LoopSettings(self.settings.num_conditions, iterations, algo.samples_per_condition,
@@ -60,6 +64,71 @@ class TrainerNode(Node):
         self.get_logger().info(f"done: {run_summary(state.history)}")
         self.get_logger().info(f"{loop.store.count()} samples in {loop.store.root}; history {json_path}, "
                                f"plot {png}")
+
+
+    def train_pets(self) -> None:
+        """PETS: :class:`mbpl_ros.pets_trainer.PETSTrainerLoop`, then the planner distilled (DAgger)."""
+        from mbpl_core.config import from_dict
+        from mbpl_core.planning.pets import PETSConfig
+        from mbpl_ros.pets_trainer import PETSLoopSettings, PETSTrainerLoop
+        from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD
+        from mbpl_sim.history import write_history as write_records
+
+        experiment, run_dir = self.settings.experiment, self.settings.run_dir
+        config = from_dict(PETSConfig, experiment.pets, "pets")
+        iterations = config.iterations if self.params.iterations < 0 else self.params.iterations
+        settings = PETSLoopSettings(self.settings.num_conditions, iterations, config.random_trials,
+                                    config.trials_per_condition, experiment.task.T, config.seed,
+                                    self.params.max_attempts)
+        cost = build_cost(self.settings.cost, experiment.layout, experiment.robot.dQ)
+        threshold = DEFAULT_SUCCESS_THRESHOLD.get(experiment.task.scene, 0.02)
+        log = self.get_logger().info
+        loop = PETSTrainerLoop(run_dir, settings, self.transport, cost, experiment.layout, threshold, log)
+        history = [dict(r) for r in loop.run().history]
+        if config.distill.enabled and iterations > 0:
+            history[-1] |= self._distill(loop, config, cost, threshold)
+        json_path, png = write_records(run_dir, history, f"{experiment.name} (pets, graph)")
+        last = history[-1] if history else {}
+        self.get_logger().info(f"done: {len(history)} iterations; MPC final distance (cm) "
+                               f"{[round(100 * d, 2) for d in last.get('eval_final_distance', [])]}; "
+                               f"history {json_path}, plot {png}")
+
+    def _distill(self, loop: Any, config: Any, cost: Any, threshold: float) -> dict[str, Any]:
+        """The distilled policy: trained, saved to ``<run_dir>/policy``, evaluated (held-out in the sim)."""
+        import json
+
+        from mbpl_core.guided.mdgps import policy_to_params, save_policy_checkpoint
+        from mbpl_core.policy import NumpyPolicy
+        from mbpl_ros.model_logic import PlannerService
+        from mbpl_ros.pets_trainer import distill_in_graph
+        from mbpl_sim.env import MujocoEnv
+        from mbpl_sim.history import success_fields
+        from mbpl_sim.robot import load_robot_spec
+        from mbpl_sim.training import tip_distances
+
+        experiment, run_dir = self.settings.experiment, self.settings.run_dir
+        dX, dU = experiment.layout.dX, experiment.robot.dQ
+        limits = load_robot_spec(experiment.robot).compile().actuator_ctrlrange[:, 1].copy()
+        planner = PlannerService(run_dir / "model", cost, dX, limits, experiment.task.T, config,
+                                 config.model.device)
+        log = self.get_logger().info
+        log(f"distilling the planner into a policy ({config.distill.rounds} DAgger rounds, policy trials "
+            "through the sampler)")
+        policy, rounds = distill_in_graph(loop, planner, dX, dU, limits, config.distill, log)
+        path = save_policy_checkpoint(run_dir / "policy", policy, config.distill.policy)
+        (run_dir / "distill.json").write_text(json.dumps([vars(r) for r in rounds], indent=1))
+        extra = success_fields("policy", list(rounds[-1].final_distance), threshold)
+        if experiment.conditions("held_out"):
+            tips = tip_distances(MujocoEnv(experiment, condition_set="held_out"),
+                                 [NumpyPolicy(policy_to_params(policy))])
+            extra |= success_fields("policy_held_out", tips, threshold)
+        log(f"policy checkpoint {path}: training conditions {extra['policy_success']}, held-out success "
+            f"rate {extra.get('policy_held_out_success_rate', 'n/a')} (in simulation)")
+        return extra
+
+
+TRAINERS = {"lqr_flm": TrainerNode.train_local, "mdgps": TrainerNode.train_local,
+            "pets": TrainerNode.train_pets}
 
 
 def _spin(executor: MultiThreadedExecutor) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from mbpl_msgs.msg import LinearGaussianController as ControllerMsg
 from mbpl_msgs.msg import PolicyParameters, TrajectorySample
-from mbpl_msgs.srv import FitDynamics, RunTrial, UpdateController
+from mbpl_msgs.srv import FitDynamics, FitModel, RunTrial, UpdateController
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
@@ -42,6 +42,7 @@ from mbpl_core.containers import LinearDynamics, LinearGaussianController, Shape
 from mbpl_core.policy import PolicyParams
 from mbpl_ros import conversions
 from mbpl_ros.node_params import TrainerNodeParams
+from mbpl_ros.pets_trainer import ModelFit
 from mbpl_ros.trainer_logic import ControllerUpdate, StepFailedError, TrialRequest, TrialResult
 
 POLICY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -75,6 +76,7 @@ class GraphTransport:
         self._trial = node.create_client(RunTrial, "mbpl/run_trial", callback_group=group)
         self._fit = node.create_client(FitDynamics, "mbpl/fit_dynamics", callback_group=group)
         self._update = node.create_client(UpdateController, "mbpl/update_controller", callback_group=group)
+        self._fit_model = node.create_client(FitModel, "mbpl/fit_model", callback_group=group)
         self._samples: dict[int, bytes | None] = {}  # expected trial ids → raw sample once it arrived
         self._cv = threading.Condition()
         self._stopping = False
@@ -245,6 +247,13 @@ class GraphTransport:
         msgs = [deserialize_message(s.raw, TrajectorySample) for s in samples]
         request = FitDynamics.Request(condition=condition, iteration=iteration, samples=msgs)
         return self._ask(self._fit, request, f"fit_dynamics({condition}, {iteration})").dynamics
+
+    def fit_model(self, iteration: int, samples: Sequence[TrialResult]) -> ModelFit:
+        """PETS: add one iteration's trajectories to the model node's data and refit (idempotent)."""
+        msgs = [deserialize_message(s.raw, TrajectorySample) for s in samples]
+        request = FitModel.Request(iteration=iteration, samples=msgs, run_token=self.params.run_token)
+        r = self._ask(self._fit_model, request, f"fit_model({iteration})")
+        return ModelFit(int(r.model_version), float(r.holdout_nll), int(r.transitions))
 
     def decode_dynamics(self, dynamics: Any) -> LinearDynamics:
         return conversions.msg_to_dynamics(dynamics)
