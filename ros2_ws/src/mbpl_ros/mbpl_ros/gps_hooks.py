@@ -85,6 +85,7 @@ from mbpl_ros.trainer_logic import (
     trial_id,
 )
 from mbpl_sim.experiment import ExperimentConfig
+from mbpl_sim.history import success_fields
 
 EVAL_INDEX = MAX_SAMPLES - 2  # sample index of policy evaluation trials (LG evaluation uses MAX_SAMPLES - 1)
 STATE_FOLDER = "gps"
@@ -443,10 +444,7 @@ class GPSHooks(Hooks):
         return fields
 
     def _success_fields(self, prefix: str, distances: list[float]) -> dict[str, Any]:
-        success = [d < self.threshold for d in distances]
-        return {f"{prefix}_tip_distance": distances, f"{prefix}_success": success,
-                f"{prefix}_success_rate": float(np.mean(success)) if success else 0.0,
-                "success_threshold_m": self.threshold}
+        return success_fields(prefix, distances, self.threshold)
 
     def evaluate_in_graph(self, iteration: int, pid: int) -> list[TrialResult]:
         """One noiseless policy trial per training condition; re-run until the sampler ran policy ``pid``.

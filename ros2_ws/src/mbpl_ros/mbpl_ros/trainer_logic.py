@@ -26,7 +26,6 @@ and LQR services are idempotent per (condition, iteration), so repeating them af
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -40,6 +39,7 @@ from mbpl_core.containers import LinearDynamics, LinearGaussianController, Sampl
 from mbpl_core.costs import Cost
 from mbpl_ros.conversions import SampleMetadata
 from mbpl_ros.recording import SampleStore
+from mbpl_sim.history import write_history, write_json_atomic  # noqa: F401 - re-exported: one writer
 
 MAX_CONDITIONS = 1000
 MAX_SAMPLES = 1000
@@ -119,18 +119,6 @@ def load_state(run_dir: str | Path, num_conditions: int) -> TrainerState:
         raise ConfigError(f"{path} is for {state.num_conditions} conditions, the experiment has "
                           f"{num_conditions}: use another run_dir")
     return state
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so a crash leaves old or new, whole."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_state(run_dir: str | Path, state: TrainerState) -> None:
@@ -450,50 +438,3 @@ def run_summary(history: Sequence[dict[str, Any]]) -> str:
             line += (f"; {name}: {sum(success)}/{len(success)} succeed, median tip "
                      f"distance {100.0 * float(np.median(tips)):.2f} cm")
     return line
-
-
-def write_history(run_dir: str | Path, history: Sequence[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write ``history.json`` and ``history.png`` (mean cost and final distance per iteration)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    run_dir = Path(run_dir)
-    write_json_atomic(run_dir / "history.json", list(history))
-    iters = [r["iteration"] for r in history]
-    rates = [(f"{prefix}_success_rate", name) for prefix, name in (
-        ("policy", "policy, training"), ("policy_held_out", "policy, held-out"),
-        ("deployed_policy_held_out", "deployed policy, held-out"))
-        if history and f"{prefix}_success_rate" in history[-1]]
-    fig, axes = plt.subplots(1, 3 if rates else 2, figsize=(15 if rates else 10, 4))
-    ax_cost, ax_dist = axes[0], axes[1]
-    costs = np.array([r["mean_cost"] for r in history])
-    key = "eval_final_distance" if history and "eval_final_distance" in history[0] else "mean_final_distance"
-    dists = np.array([r[key] for r in history])
-    for m in range(costs.shape[1] if costs.ndim == 2 else 0):
-        ax_cost.plot(iters, costs[:, m], marker="o", label=f"condition {m}")
-        ax_dist.plot(iters, dists[:, m] * 100.0, marker="o", label=f"condition {m}")
-    for prefix, name in (("policy", "training"), ("policy_held_out", "held-out")):
-        if history and f"{prefix}_tip_distance" in history[0]:  # GPS mode: the neural policy's tip
-            medians = [100.0 * float(np.median(r[f"{prefix}_tip_distance"])) for r in history]
-            ax_dist.plot(iters, medians, marker="s", linestyle="--", label=f"policy, median {name}")
-    ax_cost.set(xlabel="iteration", ylabel="mean sample cost", title="cost")
-    title = "noiseless trial" if key.startswith("eval") else "mean over samples"
-    ax_dist.set(xlabel="iteration", ylabel="final ee distance (cm)", title=f"final distance ({title})")
-    threshold = history[-1].get("success_threshold_m", 0.02) if history else 0.02
-    ax_dist.axhline(100.0 * threshold, color="gray", linestyle="--", linewidth=0.8)
-    ax_cost.legend()
-    ax_dist.legend(fontsize=7)
-    for rate_key, name in rates:  # GPS mode: share of conditions where the policy's tip ends within threshold
-        points = [(r["iteration"], r[rate_key]) for r in history if rate_key in r]
-        axes[2].plot(*zip(*points, strict=True), marker="o", label=name)
-    if rates:
-        axes[2].set(xlabel="iteration", ylabel="success rate", ylim=(-0.05, 1.05),
-                    title=f"policy success (tip within {100.0 * threshold:g} cm)")
-        axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    png = run_dir / "history.png"
-    fig.savefig(png, dpi=80)
-    plt.close(fig)
-    return run_dir / "history.json", png

@@ -72,7 +72,6 @@ class TrainerNode(Node):
         from mbpl_core.planning.pets import PETSConfig
         from mbpl_ros.pets_trainer import PETSLoopSettings, PETSTrainerLoop
         from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD
-        from mbpl_sim.history import write_history as write_records
 
         experiment, run_dir = self.settings.experiment, self.settings.run_dir
         config = from_dict(PETSConfig, experiment.pets, "pets")
@@ -87,7 +86,7 @@ class TrainerNode(Node):
         history = [dict(r) for r in loop.run().history]
         if config.distill.enabled and iterations > 0:
             history[-1] |= self._distill(loop, config, cost, threshold)
-        json_path, png = write_records(run_dir, history, f"{experiment.name} (pets, graph)")
+        json_path, png = write_history(run_dir, history, f"{experiment.name} (pets, graph)")
         last = history[-1] if history else {}
         self.get_logger().info(f"done: {len(history)} iterations; MPC final distance (cm) "
                                f"{[round(100 * d, 2) for d in last.get('eval_final_distance', [])]}; "
