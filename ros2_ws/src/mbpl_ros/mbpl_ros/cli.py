@@ -1,10 +1,10 @@
 """The ``mbpl`` command.
 
 * ``mbpl launch CONFIG [--set key=value ...] [--run-dir DIR]`` — start the ROS 2 graph of an experiment
-  (sim node, sampler, fitting, ilqr, trainer) with the bringup's process launcher.
+  (sim node, sampler, the method's learning nodes, trainer) with the bringup's process launcher.
 * ``mbpl train CONFIG [--set key=value ...] [--iterations N] [--run-dir DIR]`` —
-  LQR-FLM or MDGPS in one process over the MuJoCo environment (no ROS), the way algorithms are
-  benchmarked and debugged.
+  the experiment's method (LQR-FLM, MDGPS, PETS) in one process over the MuJoCo environment (no ROS),
+  the way algorithms are benchmarked and debugged.
 * ``mbpl eval CONFIG --policy CHECKPOINT [--conditions held_out|train|validation] [--render] [--graph]``
   — roll a saved policy out in simulation (no trainer needed) and report success and final distances; with
   ``--graph`` through the ROS 2 nodes instead: the sim node and the sampler alone, the sampler loading
@@ -59,13 +59,19 @@ def apply_overrides(raw: dict[str, Any], assignments: Sequence[str]) -> dict[str
 
 
 def effective_config(
-    config: str | Path, assignments: Sequence[str], run_dir: Path
+    config: str | Path, assignments: Sequence[str], run_dir: Path, strict: bool = False,
+    log: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Read CONFIG, apply ``--set`` overrides, write ``run_dir/config.yaml``; returns (its path, the dict).
+    """Read CONFIG, apply ``--set`` overrides, check it, write ``run_dir/config.yaml``; (its path, the dict).
 
-    A relative robot.description that exists next to CONFIG is made absolute, so the copy in run_dir
-    still finds the robot.
+    Everything is checked before the run folder exists (:func:`mbpl_sim.checks.prepare_run`: every
+    section, the robot's names, frames, meshes, contacts, limits and targets; ``strict``: warnings are
+    errors): paths become absolute against CONFIG's folder, so the copy in run_dir still finds the robot,
+    and the robot-scaled defaults are written out. ``log`` prints the check's notes and warnings.
     """
+    from mbpl_ros.bringup import RosSection
+    from mbpl_sim.checks import prepare_run
+
     source = Path(config)
     if not source.is_file():
         raise ConfigError(f"experiment file {str(source)!r} not found")
@@ -76,11 +82,14 @@ def effective_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     raw = apply_overrides(raw, assignments)
-    robot = raw.get("robot")
-    if isinstance(robot, dict) and isinstance(robot.get("description"), str):
-        candidate = source.resolve().parent / robot["description"]
-        if not Path(robot["description"]).is_absolute() and candidate.exists():
-            robot["description"] = str(candidate)
+    from mbpl_core.config import from_dict
+
+    from_dict(RosSection, dict(raw.get("ros") or {}), "ros")  # train rejects ros: typos as launch does
+    prepared = prepare_run(raw, source.resolve().parent, str(source.resolve()), strict=strict)
+    if log:
+        for line in prepared.log_lines():
+            print(f"[mbpl] {line}", flush=True)
+    raw = prepared.raw
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -96,10 +105,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from mbpl_ros.bringup import ProcessLauncher, graph_from_experiment, new_run_token
 
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, "launch")
-    path, raw = effective_config(args.config, args.set, run_dir)
-    from mbpl_sim.experiment import experiment_from_dict
-
-    experiment_from_dict(raw, base_dir=path.parent, source=str(path)).check_sections()
+    path, raw = effective_config(args.config, args.set, run_dir, args.strict, log=True)
     specs = graph_from_experiment(path, raw, run_dir=run_dir, run_token=new_run_token())
     print(f"[mbpl] run folder {run_dir}; nodes: {', '.join(s.name for s in specs)}", flush=True)
     return ProcessLauncher(specs, run_dir).run()
@@ -109,12 +115,12 @@ def _load(args: argparse.Namespace, mode: str) -> tuple[Path, Any]:
     from mbpl_sim.experiment import experiment_from_dict
 
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, mode)
-    path, raw = effective_config(args.config, args.set, run_dir)
+    path, raw = effective_config(args.config, args.set, run_dir, args.strict, log=True)
     return run_dir, experiment_from_dict(raw, base_dir=path.parent, source=str(path))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """LQR-FLM or MDGPS (experiment ``method``) in one process over MujocoEnv; see mbpl_sim.training."""
+    """The experiment's ``method`` in one process over MujocoEnv; see mbpl_sim.training."""
     from mbpl_sim.training import train_in_process
 
     run_dir, experiment = _load(args, "train")
@@ -258,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("launch", cmd_launch, "start the ROS 2 node graph of an experiment"),
-        ("train", cmd_train, "run LQR-FLM or MDGPS in one process over the MuJoCo environment"),
+        ("train", cmd_train, "run the experiment's method (lqr_flm, mdgps, pets) in one process over MuJoCo"),
         ("eval", cmd_eval, "roll a saved policy out in simulation and report success and distances"),
     ):
         p = sub.add_parser(name, help=text, description=text)
@@ -266,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a dotted key of the experiment file (repeatable)")  # fmt: skip
         p.add_argument("--run-dir", default=None, help="output folder (default runs/<config>-<mode>-<time>)")
+        p.add_argument("--strict", action="store_true",
+                       help="refuse to start on any warning of the robot check (reach, limits, contacts)")
         p.set_defaults(func=func)
     security = sub.add_parser(
         "security", help="DDS security (SROS2) support of the installed Fast DDS",
