@@ -37,6 +37,11 @@ def spin_node(
     except ConfigError as err:
         print(f"{label}: configuration error: {err}", flush=True)
         return 2
+    except Exception:
+        # SIGINT shuts the context down from the signal handler; a spin caught building its wait set
+        # at that moment raises RCLError ("context is not valid") instead of ExternalShutdownException
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             if on_exit is not None:

@@ -18,12 +18,10 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from mbpl_msgs.msg import LinearGaussianController as ControllerMsg
 from mbpl_msgs.msg import Plan, PlanRequest, PolicyParameters, TrajectorySample
 from mbpl_msgs.srv import ResetSim, RunTrial
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -33,6 +31,7 @@ from mbpl_core.config import ConfigError
 from mbpl_core.containers import ShapeError
 from mbpl_core.policy import load_policy_checkpoint
 from mbpl_ros import conversions
+from mbpl_ros.node_main import spin_node
 from mbpl_ros.params import declare_parameters
 from mbpl_ros.plan_source import PlanRequestData
 from mbpl_ros.sampler_logic import (
@@ -225,28 +224,13 @@ class SamplerNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the sampler node until SIGINT/SIGTERM; exit code 2 on a configuration error."""
-    rclpy.init(args=args)
-    node: SamplerNode | None = None
-    try:
-        node = SamplerNode()
-        # No callback here blocks (resets are awaited on the sampler's worker thread), and rclpy's
-        # MultiThreadedExecutor was measured to burn a whole core on 100 Hz joint_states and starve
-        # the control thread (25 Hz achieved of 100): one executor thread it is.
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ConfigError as err:
-        print(f"sampler node: configuration error: {err}", flush=True)
-        return 2
-    finally:
-        if node is not None:
-            node.sampler.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Run the sampler node until SIGINT/SIGTERM; exit code 2 on a configuration error.
+
+    No callback here blocks (resets are awaited on the sampler's worker thread), and rclpy's
+    MultiThreadedExecutor was measured to burn a whole core on 100 Hz joint_states and starve the
+    control thread (25 Hz achieved of 100): spin_node's single executor thread it is.
+    """
+    return spin_node(SamplerNode, "sampler node", args, on_exit=lambda node: node.sampler.stop())
 
 
 if __name__ == "__main__":
