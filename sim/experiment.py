@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import yaml
@@ -19,21 +19,28 @@ from mbpl_core.containers import StateLayout
 from mbpl_sim.robot import RobotConfig, resolve_description
 from mbpl_sim.task import Condition, ConditionSetName, TaskConfig, build_conditions
 
-SECTIONS = ("name", "method", "robot", "task", "cost", "algorithm", "ros", "gps", "pets")
+# Each method's own section and the core config class it is checked against ("module:Class"; None: the
+# method needs only cost: and algorithm:). Adding a method is one entry here, one runner in
+# mbpl_sim.training.METHOD_RUNNERS and, for the graph, one trainer in mbpl_ros.trainer_node.TRAINERS.
 # lqr_flm: local LG controllers only; mdgps: also distil them into a neural policy (gps: section);
 # pets: a probabilistic ensemble + MPC, the planner distilled into a neural policy (pets: section)
-METHODS = ("lqr_flm", "mdgps", "pets")
-# the methods the ROS graph (mbpl launch) runs today; the others run in one process (mbpl train)
-GRAPH_METHODS = ("lqr_flm", "mdgps")
+METHOD_SECTIONS: dict[str, tuple[str, str] | None] = {
+    "lqr_flm": None,
+    "mdgps": ("gps", "mbpl_core.policy:GPSConfig"),
+    "pets": ("pets", "mbpl_core.planning.pets:PETSConfig"),
+}
+METHODS = tuple(METHOD_SECTIONS)
+METHOD_ONLY_SECTIONS = tuple(sorted({v[0] for v in METHOD_SECTIONS.values() if v is not None} - {"gps"}))
+SECTIONS = ("name", "method", "robot", "task", "cost", "algorithm", "ros", "gps", *METHOD_ONLY_SECTIONS)
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment. robot.description is absolute once loaded through :func:`load_experiment`.
 
-    cost / algorithm / ros / gps / pets: raw mappings for mbpl_core.costs.CostConfig,
-    mbpl_core.local.lqr_flm.AlgorithmConfig, the ROS nodes, the GPS trainer and
-    mbpl_core.planning.pets.PETSConfig.
+    cost / algorithm / ros / gps: raw mappings for mbpl_core.costs.CostConfig,
+    mbpl_core.local.lqr_flm.AlgorithmConfig, the ROS nodes and the GPS trainer; ``sections`` holds the
+    other methods' own sections (pets: ...) by name (see :data:`METHOD_SECTIONS`).
     """
 
     robot: RobotConfig
@@ -44,8 +51,8 @@ class ExperimentConfig:
     gps: dict[str, Any] = field(default_factory=dict)
     name: str = ""
     source: str | None = None
-    method: Literal["lqr_flm", "mdgps", "pets"] = "lqr_flm"
-    pets: dict[str, Any] = field(default_factory=dict)
+    method: str = "lqr_flm"
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -64,6 +71,26 @@ class ExperimentConfig:
         build_conditions(self.task, "held_out", self.robot.dQ)
         build_conditions(self.task, "validation", self.robot.dQ)
 
+    @property
+    def pets(self) -> dict[str, Any]:
+        """The raw ``pets:`` section (empty if absent)."""
+        return self.section("pets")
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A method's raw section by name (``gps`` included); empty if absent."""
+        if name == "gps":
+            return self.gps
+        return self.sections.get(name, {})
+
+    def method_config(self, method: str | None = None) -> Any:
+        """The method's own section built into its core config (None for methods without one)."""
+        entry = METHOD_SECTIONS[method or self.method]
+        if entry is None:
+            return None
+        section, target = entry
+        module, cls = target.split(":")
+        return from_dict_lazy(module, cls, self.section(section), section)
+
     def check_sections(self) -> None:
         """Build the core configs of ``cost:``, ``algorithm:`` (``gps:`` for mdgps, ``pets:`` for pets) once,
         so a typo is a ConfigError naming the key before any node starts, not a node dying mid-launch."""
@@ -75,11 +102,9 @@ class ExperimentConfig:
         dU = self.robot.dQ
         build_cost(from_dict(CostConfig, self.cost, "cost"), self.layout, dU)
         from_dict(AlgorithmConfig, self.algorithm, "algorithm")
-        if self.method == "pets":
-            from mbpl_core.planning.pets import PETSConfig
-
-            from_dict(PETSConfig, self.pets, "pets")
-        if self.method == "mdgps":
+        if self.method != "mdgps":
+            self.method_config()
+        else:
             gps = from_dict(GPSConfig, self.gps, "gps")
             gps.observation_indices(self.layout.dX)
             if gps.select_best and gps.select_on == "validation" and not self.conditions("validation"):
@@ -110,6 +135,15 @@ class ExperimentConfig:
         if self.task.target_offsets is not None:
             offsets = np.asarray(self.task.target_offsets, dtype=np.float64)
         return condition.position[None, :] + offsets
+
+
+def from_dict_lazy(module: str, cls: str, raw: dict[str, Any], section: str) -> Any:
+    """``from_dict(module.cls, raw, section)`` importing the module only when the method is used."""
+    import importlib
+
+    from mbpl_core.config import from_dict
+
+    return from_dict(getattr(importlib.import_module(module), cls), raw, section)
 
 
 def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -149,7 +183,7 @@ def experiment_from_dict(raw: dict[str, Any], base_dir: Path | str | None = None
     return ExperimentConfig(robot=robot, task=task, cost=_section(raw, "cost"),
                             algorithm=_section(raw, "algorithm"), ros=_section(raw, "ros"),
                             gps=_section(raw, "gps"), name=name, source=source, method=method,
-                            pets=_section(raw, "pets"))
+                            sections={k: _section(raw, k) for k in METHOD_ONLY_SECTIONS if k in raw})
 
 
 def load_experiment(path: Path | str) -> ExperimentConfig:

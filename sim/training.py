@@ -225,7 +225,19 @@ class PETSRunner:
             log(f"[mbpl] policy checkpoint {path}")
 
 
-METHOD_RUNNERS: dict[str, type] = {"lqr_flm": LQRFLMRunner, "mdgps": MDGPSRunner, "pets": PETSRunner}
+# A runner class, or "module:Class" for a runner in its own module (imported only when the method runs).
+METHOD_RUNNERS: dict[str, type | str] = {"lqr_flm": LQRFLMRunner, "mdgps": MDGPSRunner, "pets": PETSRunner}
+
+
+def runner_class(method: str) -> type:
+    """The runner of a method (see :data:`METHOD_RUNNERS`)."""
+    import importlib
+
+    entry = METHOD_RUNNERS[method]
+    if isinstance(entry, str):
+        module, cls = entry.split(":")
+        entry = getattr(importlib.import_module(module), cls)
+    return entry
 
 
 def train_in_process(
@@ -238,7 +250,7 @@ def train_in_process(
     env = MujocoEnv(experiment)
     cost = build_cost(from_dict(CostConfig, experiment.cost, "cost"), env.layout, env.dU)
     threshold = DEFAULT_SUCCESS_THRESHOLD.get(experiment.task.scene, 0.02)
-    runner: MethodRunner = METHOD_RUNNERS[experiment.method](experiment, env, cost, threshold)
+    runner: MethodRunner = runner_class(experiment.method)(experiment, env, cost, threshold)
     n_iter = runner.num_iterations if iterations is None else iterations
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"[mbpl] {experiment.method} on {experiment.name or experiment.source}: {env.num_conditions} "

@@ -51,3 +51,25 @@ def test_launch_rejects_a_bad_experiment_before_starting_nodes(tmp_path: Path, b
     err = capsys.readouterr().err
     assert "configuration error" in err and bad.split()[-1].split("=")[0].split(".")[-1] in err
     assert not (tmp_path / "logs").exists(), "no node may have been started"
+
+
+def test_every_method_has_a_runner_and_its_section_checks_its_keys() -> None:
+    """The method registries agree: each method of the experiment file has an in-process runner that
+    imports, and a typo in its own section is a ConfigError naming the section before anything runs."""
+    from mbpl_core.config import ConfigError
+    from mbpl_sim.experiment import METHOD_SECTIONS, METHODS, load_experiment
+    from mbpl_sim.training import METHOD_RUNNERS, runner_class
+
+    assert set(METHOD_RUNNERS) == set(METHODS)
+    base = load_experiment(CONFIG)
+    for method in METHODS:
+        assert callable(getattr(runner_class(method), "iteration", None)), method
+        entry = METHOD_SECTIONS[method]
+        if entry is None:
+            continue
+        section = entry[0]
+        bad = dict(base.section(section), no_such_key=1)
+        raw = {"gps": bad} if section == "gps" else {"sections": {**base.sections, section: bad}}
+        broken = __import__("dataclasses").replace(base, method=method, **raw)
+        with pytest.raises(ConfigError, match=section):
+            broken.check_sections()
