@@ -194,7 +194,7 @@ class PETSRunner:
         # round 0 imitates the last iteration's MPC trials: earlier ones planned over worse models
         expert_trials = self.algorithm.data[-self.config.trials_per_condition * self.env.num_conditions:]
         self.policy, self.distill_rounds = distill_planner(self.env, self.algorithm.mpc, expert_trials,
-                                                           self.env.effort_limits, distill)
+                                                           self.algorithm.action_limits, distill)
         for r in self.distill_rounds:
             log(f"[mbpl] DAgger round {r.round}: {r.pairs} pairs, loss {r.loss_before:.4g} -> "
                 f"{r.loss_after:.4g}, policy tip distance max {max(r.final_distance):.4f} m on the "

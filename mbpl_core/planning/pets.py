@@ -58,7 +58,11 @@ class PETSConfig:
     iterations: model-fit + MPC rounds; trials_per_condition: MPC trials per condition per iteration;
     random_trials: trials of uniformly random efforts per condition before the first fit; retrain:
     "continue" (warm start from the last weights, mbrl-lib's default) | "scratch" (fresh weights every
-    iteration); seed: of every random draw; model, planner, distill: the parts' settings.
+    iteration); seed: of every random draw; model, planner, distill: the parts' settings;
+    action_limits: per-joint bound (N m, dU values, or one value for every joint) of the efforts PETS
+    explores with — the random trials, the planner's search box and the distilled policy's scale — within
+    the robot's effort limits (null: the effort limits themselves). A 7-DoF arm with 87 N m joints needs a
+    few N m to reach: uniformly random 87 N m torques fling it far from anything a task visits.
     """
 
     iterations: int = 10
@@ -69,8 +73,14 @@ class PETSConfig:
     model: EnsembleConfig = field(default_factory=EnsembleConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    action_limits: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.action_limits is not None:
+            limits = np.asarray(self.action_limits, dtype=np.float64)
+            if limits.ndim != 1 or limits.size == 0 or not np.all(np.isfinite(limits)) or np.any(limits <= 0):
+                raise ConfigError(f"pets.action_limits must be positive finite values, got "
+                                  f"{self.action_limits}")
         for name in ("iterations", "random_trials"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"pets.{name} must be >= 0, got {getattr(self, name)}")
@@ -84,6 +94,17 @@ class PETSConfig:
             raise ConfigError(f"pets.planner.particles ({self.planner.particles}) must be a multiple of "
                               f"pets.model.elites ({self.model.elites}): TS-inf gives each elite member the "
                               "same number of particles")
+
+
+def action_box(config: PETSConfig, effort_limits: np.ndarray) -> np.ndarray:
+    """(dU,) the bound PETS explores and plans within: min(effort_limits, config.action_limits)."""
+    limits = np.asarray(effort_limits, dtype=np.float64)
+    if config.action_limits is None:
+        return limits.copy()
+    own = np.asarray(config.action_limits, dtype=np.float64)
+    if own.size not in (1, limits.size):
+        raise ConfigError(f"pets.action_limits: {own.size} values for {limits.size} joints")
+    return np.minimum(limits, np.broadcast_to(own, limits.shape))
 
 
 class UniformRandomPolicy:
@@ -146,7 +167,8 @@ class PETS:
         self.rng = np.random.default_rng(self.config.seed)
         self.model = ProbabilisticEnsemble(env.dX, env.dU, self.config.model, self.rng)
         planner = replace(self.config.planner, seed=int(self.rng.integers(2**62)))
-        self.mpc = MPCController(EliteModel(self.model), cost, env.effort_limits, env.T, planner,
+        self.action_limits = action_box(self.config, env.effort_limits)
+        self.mpc = MPCController(EliteModel(self.model), cost, self.action_limits, env.T, planner,
                                  device=self.model.device, dtype=_dtype_of(self.model))
         self.data: list[SampleBatch] = []
         self.reports: list[PETSIterationReport] = []
@@ -165,7 +187,7 @@ class PETS:
 
     def collect_random(self) -> None:
         """``random_trials`` uniformly random trials per condition (once, before the first fit)."""
-        policy = UniformRandomPolicy(self.env.effort_limits, self.rng)
+        policy = UniformRandomPolicy(self.action_limits, self.rng)
         for _ in range(self.config.random_trials):
             for m in range(self.env.num_conditions):
                 self._collect(policy, m)

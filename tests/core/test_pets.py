@@ -161,3 +161,27 @@ def test_distilled_policy_imitates_a_known_expert_on_its_own_states() -> None:
     assert gaps[-1] < 0.05, f"policy vs expert action gap per round {gaps}"
     expert_final = np.array([np.linalg.norm(b.X[0, -1, LAYOUT.ee_points]) for b in expert_trials])
     assert np.all(np.asarray(rounds[-1].final_distance) < expert_final + 0.02)
+
+
+def test_action_limits_bound_the_random_trials_and_the_plans_within_the_effort_limits() -> None:
+    from dataclasses import replace
+
+    from mbpl_core.config import ConfigError
+    from mbpl_core.planning.pets import action_box
+
+    limits = np.array([2.0, 2.0, 2.0])
+    assert np.array_equal(action_box(PETSConfig(), limits), limits)
+    assert np.array_equal(action_box(PETSConfig(action_limits=(0.5, 3.0, 1.0)), limits), [0.5, 2.0, 1.0])
+    assert np.array_equal(action_box(PETSConfig(action_limits=(0.3,)), limits), [0.3, 0.3, 0.3])
+    with pytest.raises(ConfigError, match="2 values for 3 joints"):
+        action_box(PETSConfig(action_limits=(0.3, 0.3)), limits)
+    with pytest.raises(ConfigError, match="action_limits"):
+        PETSConfig(action_limits=(0.3, -1.0, 0.3))
+    env = PointMassEnv([[0.5, 0.0, 0.0]])
+    box = np.array([0.2, 0.5, 1.0])
+    pets = PETS(env, point_cost(), replace(small_config(iterations=1), action_limits=tuple(box)))
+    pets.run()
+    random_U = np.concatenate([b.U[0] for b in pets.data[:2]])
+    mpc_U = pets.data[-1].U[0]
+    assert np.all(np.abs(random_U) <= box) and np.all(random_U.max(axis=0) > 0.8 * box)
+    assert np.all(np.abs(mpc_U) <= box + 1e-12)

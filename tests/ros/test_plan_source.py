@@ -126,6 +126,20 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+def test_the_samplers_random_source_explores_within_pets_action_limits() -> None:
+    """arm7_reach's pets.action_limits (10 N m shoulders, 3 N m wrists) bound the random trials the
+    sampler runs, inside the URDF's effort limits; reacher2 without the key uses its effort limits."""
+    from mbpl_ros.sampler_logic import RobotSetup
+    from mbpl_sim.experiment import load_experiment
+
+    repo = Path(__file__).resolve().parents[2]
+    arm7 = RobotSetup.from_experiment(load_experiment(repo / "configs" / "arm7_reach.yaml"))
+    assert np.array_equal(arm7.random_limits, [10.0] * 4 + [3.0] * 3)
+    assert np.all(arm7.random_limits < arm7.effort_limits)
+    reacher = RobotSetup.from_experiment(load_experiment(repo / "configs" / "reacher2_sim.yaml"))
+    assert np.array_equal(reacher.random_limits, reacher.effort_limits)
+
+
 def test_fits_are_idempotent_persisted_and_resume(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     folder = tmp_path / "model"

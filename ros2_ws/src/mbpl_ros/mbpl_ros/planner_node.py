@@ -17,7 +17,7 @@ from rclpy.node import Node
 
 from mbpl_core.config import from_dict
 from mbpl_core.costs import build_cost
-from mbpl_core.planning.pets import PETSConfig
+from mbpl_core.planning.pets import PETSConfig, action_box
 from mbpl_ros import conversions
 from mbpl_ros.model_logic import PlannerService
 from mbpl_ros.node_main import spin_node
@@ -37,7 +37,7 @@ class PlannerNode(Node):
         experiment = settings.experiment
         config = from_dict(PETSConfig, experiment.pets, "pets")
         cost = build_cost(settings.cost, experiment.layout, experiment.robot.dQ)
-        limits = load_robot_spec(experiment.robot).compile().actuator_ctrlrange[:, 1].copy()
+        limits = action_box(config, load_robot_spec(experiment.robot).compile().actuator_ctrlrange[:, 1])
         self.service = PlannerService(settings.run_dir / "model", cost, experiment.layout.dX, limits,
                                       experiment.task.T, config, config.model.device)
         self.rejected = 0

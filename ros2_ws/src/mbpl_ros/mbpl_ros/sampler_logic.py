@@ -174,7 +174,8 @@ class RobotSetup:
 
     targets[m]: (P, 3) ee targets of condition m; effort_limits: (dU,); obs_indices: (dO,) state
     entries the neural policy sees (gps.observation); velocity_limits: (dU,) from the URDF, NaN where
-    it gives none (None: none known).
+    it gives none (None: none known); random_limits: (dU,) bound of the "random" source's efforts
+    (PETS's first data: pets.action_limits within the effort limits; None: the effort limits).
     """
 
     kinematics: EndEffectorKinematics
@@ -186,6 +187,7 @@ class RobotSetup:
     noise: NoiseConfig
     obs_indices: np.ndarray
     velocity_limits: np.ndarray | None = None
+    random_limits: np.ndarray | None = None
 
     @classmethod
     def from_experiment(cls, experiment: ExperimentConfig) -> RobotSetup:
@@ -197,8 +199,14 @@ class RobotSetup:
         noise = from_dict(NoiseConfig, dict(experiment.algorithm.get("noise") or {}), "algorithm.noise")
         gps = from_dict(GPSConfig, dict(experiment.gps or {}), "gps")
         known = urdf_velocity_limits(robot.description, tuple(robot.joints))
-        return cls(kinematics=kinematics, joint_names=tuple(robot.joints),
-                   effort_limits=model.actuator_ctrlrange[:, 1].copy(), targets=targets,
+        effort_limits = model.actuator_ctrlrange[:, 1].copy()
+        random_limits = None
+        if experiment.pets:
+            from mbpl_core.planning.pets import PETSConfig, action_box
+
+            random_limits = action_box(from_dict(PETSConfig, experiment.pets, "pets"), effort_limits)
+        return cls(kinematics=kinematics, joint_names=tuple(robot.joints), random_limits=random_limits,
+                   effort_limits=effort_limits, targets=targets,
                    T=experiment.task.T, dt=experiment.task.dt, noise=noise,
                    obs_indices=gps.observation_indices(experiment.layout.dX),
                    velocity_limits=np.array([known.get(j, np.nan) for j in robot.joints]))
@@ -808,7 +816,9 @@ class Sampler:
         if not 0 <= m < self.setup.num_conditions:
             raise TrialRefusedError(f"condition {m} out of range [0, {self.setup.num_conditions})")
         if request.policy_kind == "random":
-            efforts = RandomEfforts(request.seed, self.setup.T, self.setup.effort_limits)
+            limits = self.setup.random_limits
+            limits = self.setup.effort_limits if limits is None else limits
+            efforts = RandomEfforts(request.seed, self.setup.T, limits)
             return QueuedTrial(request, 0, efforts)
         if request.policy_kind == "mpc":
             if request.controller_id < 1:

@@ -97,6 +97,7 @@ class TrainerNode(Node):
         import json
 
         from mbpl_core.guided.mdgps import policy_to_params, save_policy_checkpoint
+        from mbpl_core.planning.pets import action_box
         from mbpl_core.policy import NumpyPolicy
         from mbpl_ros.model_logic import PlannerService
         from mbpl_ros.pets_trainer import distill_in_graph
@@ -107,7 +108,7 @@ class TrainerNode(Node):
 
         experiment, run_dir = self.settings.experiment, self.settings.run_dir
         dX, dU = experiment.layout.dX, experiment.robot.dQ
-        limits = load_robot_spec(experiment.robot).compile().actuator_ctrlrange[:, 1].copy()
+        limits = action_box(config, load_robot_spec(experiment.robot).compile().actuator_ctrlrange[:, 1])
         planner = PlannerService(run_dir / "model", cost, dX, limits, experiment.task.T, config,
                                  config.model.device)
         log = self.get_logger().info
