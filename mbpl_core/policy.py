@@ -3,8 +3,12 @@
 Nothing here imports torch, so a sampler on the robot can load and run a trained policy with numpy alone.
 The trainer side (torch module, S-step, MDGPS loop) lives in :mod:`mbpl_core.guided.mdgps`.
 
-The policy is π(u | x) = N(f_θ((x[obs_indices] − obs_mean) / obs_std), action_covar), f_θ an MLP.
-Shapes: x (dX,), obs (dO,), u (dU,), action_covar (dU, dU); weights W_l (n_out, n_in), b_l (n_out,).
+The policy is π(u | x) = N(g(f_θ((x[obs_indices] − obs_mean) / obs_std)), action_covar), f_θ an MLP and
+g the output map: the identity (``squash = "none"``, the MDGPS / PETS policies) or
+g(h) = action_bias + action_scale ⊙ tanh(h) (``squash = "tanh"``: SAC's squashed Gaussian, deterministic
+mean, rescaled to the effort range as stable-baselines3's ``unscale_action`` does).
+Shapes: x (dX,), obs (dO,), u (dU,), action_covar (dU, dU); weights W_l (n_out, n_in), b_l (n_out,);
+action_scale, action_bias (dU,).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from mbpl_core.config import ConfigError, from_dict, to_dict
 from mbpl_core.containers import LinearGaussianController, ShapeError, check_finite, check_shape
 
 Activation = Literal["relu", "tanh"]
+Squash = Literal["none", "tanh"]
+SQUASHES: tuple[str, ...] = ("none", "tanh")
 MIN_OBS_STD = 1e-3  # a nearly constant observation must not blow up the normalised input
 
 
@@ -153,6 +159,9 @@ class PolicyParams:
     activation: applied after every layer but the last; obs_indices (dO,) int; obs_mean, obs_std (dO,);
     action_covar (dU, dU) symmetric positive definite; state_dim: dX of the states the policy is
     applied to (None: max(obs_indices) + 1, exact when the observation is the full state).
+    squash: output map of the last layer's h (dU,): "none" (u = h) | "tanh"
+    (u = action_bias + action_scale ⊙ tanh(h)); action_scale (positive) and action_bias (dU,) belong to
+    "tanh" only (None there: ones and zeros) and must be None with "none".
     """
 
     weights: tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -162,6 +171,9 @@ class PolicyParams:
     obs_indices: np.ndarray
     action_covar: np.ndarray
     state_dim: int | None = None
+    squash: str = "none"
+    action_scale: np.ndarray | None = None
+    action_bias: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.activation not in ("relu", "tanh"):
@@ -197,10 +209,28 @@ class PolicyParams:
         state_dim = self.state_dim if self.state_dim is not None else idx.max() + 1
         object.__setattr__(self, "state_dim", int(state_dim))
         object.__setattr__(self, "weights", weights)
-        named = (("obs_indices", idx), ("obs_mean", mean), ("obs_std", std), ("action_covar", covar))
+        named = [("obs_indices", idx), ("obs_mean", mean), ("obs_std", std), ("action_covar", covar)]
+        named += self._checked_squash(n_in)
         for name, arr in named:
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
+
+    def _checked_squash(self, dU: int) -> list[tuple[str, np.ndarray]]:
+        """The (name, array) pairs of action_scale / action_bias to store; ShapeError if inconsistent."""
+        if self.squash not in SQUASHES:
+            raise ShapeError(f"squash must be one of {list(SQUASHES)}, got {self.squash!r}")
+        if self.squash == "none":
+            if self.action_scale is not None or self.action_bias is not None:
+                raise ShapeError("action_scale / action_bias need squash='tanh' (squash is 'none')")
+            return []
+        scale = np.ones(dU) if self.action_scale is None else np.array(self.action_scale, dtype=np.float64)
+        bias = np.zeros(dU) if self.action_bias is None else np.array(self.action_bias, dtype=np.float64)
+        for name, arr in (("action_scale", scale), ("action_bias", bias)):
+            check_shape(name, arr, (dU,))
+            check_finite(name, arr)
+        if np.any(scale <= 0):
+            raise ShapeError(f"action_scale must be positive, got {scale}")
+        return [("action_scale", scale), ("action_bias", bias)]
 
     @classmethod
     def from_layers(
@@ -213,13 +243,21 @@ class PolicyParams:
         activation: str = "relu",
         obs_indices: np.ndarray | None = None,
         state_dim: int | None = None,
+        squash: str = "none",
+        action_scale: np.ndarray | None = None,
+        action_bias: np.ndarray | None = None,
     ) -> PolicyParams:
         """From separate weight and bias lists (the message layout); obs_indices default: arange(dO)."""
         if len(weights) != len(biases):
             raise ShapeError(f"got {len(weights)} weight matrices but {len(biases)} bias vectors")
         idx = np.arange(np.asarray(obs_mean).shape[0]) if obs_indices is None else obs_indices
         return cls(tuple(zip(weights, biases, strict=True)), activation, obs_mean, obs_std, idx, action_covar,
-                   state_dim)
+                   state_dim, squash, action_scale, action_bias)
+
+    @property
+    def squashed(self) -> bool:
+        """Whether the output goes through action_bias + action_scale ⊙ tanh(·)."""
+        return self.squash != "none"
 
     @property
     def biases(self) -> tuple[np.ndarray, ...]:
@@ -255,6 +293,8 @@ class NumpyPolicy:
     The normalisation and the observation selection are folded into the first layer once
     (W_1' = W_1 diag(1/obs_std) scattered onto the dX state columns, b_1' = b_1 − W_1 (obs_mean/obs_std)),
     and every layer writes into a preallocated buffer, so :meth:`act` allocates only its result.
+    A squashed policy (``params.squash == "tanh"``) maps the last layer's h to action_bias +
+    action_scale ⊙ tanh(h); exploration noise is added after that map, in effort units.
     Not re-entrant: one instance per control thread.
     """
 
@@ -269,6 +309,7 @@ class NumpyPolicy:
         self._layers += [(np.ascontiguousarray(W), b.copy()) for W, b in params.weights[1:]]
         self._buffers = [np.empty(W.shape[0]) for W, _ in self._layers[:-1]]
         self._relu = params.activation == "relu"
+        self._squash = (params.action_scale, params.action_bias) if params.squashed else None
         self._action_covar = params.action_covar
         self._chol = np.linalg.cholesky(params.action_covar) if self._is_pd(params.action_covar) else None
 
@@ -309,6 +350,10 @@ class NumpyPolicy:
         W, b = self._layers[-1]
         u = np.dot(W, h)  # the one allocation: the caller keeps the action
         u += b
+        if self._squash is not None:
+            np.tanh(u, out=u)
+            u *= self._squash[0]
+            u += self._squash[1]
         if noise is not None:
             if self._chol is None:
                 raise ShapeError("action_covar is not positive definite; cannot add noise")
@@ -328,14 +373,16 @@ class NumpyPolicy:
             h = h @ W.T + b
             if i < len(self._layers) - 1:
                 h = np.maximum(h, 0.0) if self._relu else np.tanh(h)
+        if self._squash is not None:
+            h = self._squash[1] + self._squash[0] * np.tanh(h)
         return h
-
 
     def jacobian_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean actions f(x) (M, dU) and their Jacobians ∂f/∂x (M, dU, dX) at states X (M, dX).
 
         Chain rule through the folded layers: J = W_L D_{L−1} W_{L−1} ⋯ D_1 W_1' with D_l the diagonal of
-        the activation's derivative (ReLU: 1[a > 0]; tanh: 1 − tanh²) at the pre-activations a_l.
+        the activation's derivative (ReLU: 1[a > 0]; tanh: 1 − tanh²) at the pre-activations a_l; a squashed
+        output adds the factor diag(action_scale ⊙ (1 − tanh² h_L)) on the left.
         """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.dX:
@@ -352,6 +399,10 @@ class NumpyPolicy:
                 slope = 1.0 - h * h
             J = W @ (slope[:, :, None] * J)
             h = h @ W.T + b
+        if self._squash is not None:
+            squashed = np.tanh(h)
+            J = (self._squash[0] * (1.0 - squashed**2))[:, :, None] * J
+            h = self._squash[1] + self._squash[0] * squashed
         return h, np.array(J)
 
 
@@ -479,7 +530,11 @@ def params_to_arrays(params: PolicyParams, config: GPSConfig) -> dict[str, np.nd
         "action_covar": params.action_covar,
         "state_dim": np.array(params.state_dim),
         "gps_config_json": np.array(json.dumps(to_dict(config))),
+        "squash": np.array(params.squash),
     }
+    if params.squashed:
+        arrays["action_scale"] = np.asarray(params.action_scale)
+        arrays["action_bias"] = np.asarray(params.action_bias)
     for i, (W, b) in enumerate(params.weights):
         arrays[f"W{i}"] = W
         arrays[f"b{i}"] = b
@@ -487,8 +542,13 @@ def params_to_arrays(params: PolicyParams, config: GPSConfig) -> dict[str, np.nd
 
 
 def params_from_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[PolicyParams, GPSConfig]:
-    """Inverse of :func:`params_to_arrays`; ShapeError/ConfigError on a malformed file."""
+    """Inverse of :func:`params_to_arrays`; ShapeError/ConfigError on a malformed file.
+
+    A checkpoint without a ``squash`` entry (written before squashed outputs existed) loads unsquashed.
+    """
     try:
+        squash = str(arrays["squash"]) if "squash" in arrays else "none"
+        squashed = squash != "none"
         n_layers = int(arrays["n_layers"])
         weights = tuple((np.asarray(arrays[f"W{i}"]), np.asarray(arrays[f"b{i}"])) for i in range(n_layers))
         params = PolicyParams(
@@ -499,6 +559,9 @@ def params_from_arrays(arrays: Mapping[str, np.ndarray]) -> tuple[PolicyParams, 
             obs_indices=arrays["obs_indices"],
             action_covar=arrays["action_covar"],
             state_dim=int(arrays["state_dim"]),
+            squash=squash,
+            action_scale=arrays["action_scale"] if squashed else None,
+            action_bias=arrays["action_bias"] if squashed else None,
         )
         config = from_dict(GPSConfig, json.loads(str(arrays["gps_config_json"])))
     except KeyError as err:

@@ -247,7 +247,10 @@ def policy_to_params(policy: GaussianMLPPolicy) -> PolicyParams:
 
 
 def params_to_policy(params: PolicyParams, device: str = "cpu") -> GaussianMLPPolicy:
-    """Torch policy holding exactly ``params`` (normalisation marked as fitted)."""
+    """Torch policy holding exactly ``params`` (normalisation marked as fitted); ShapeError if squashed."""
+    if params.squashed:
+        raise ShapeError("GaussianMLPPolicy has no squashed output; this policy has squash="
+                         f"{params.squash!r}")
     hidden = tuple(int(W.shape[0]) for W, _ in params.weights[:-1])
     policy = GaussianMLPPolicy(params.obs_indices, params.dU, int(params.state_dim),  # type: ignore[arg-type]
                                hidden, params.activation)

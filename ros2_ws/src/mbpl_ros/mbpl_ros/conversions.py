@@ -325,8 +325,12 @@ def policy_params_to_msg(
     """Message of a policy (mbpl_core.policy.PolicyParams): every layer's W (out, in) row-major then b (out,).
 
     Also carries obs_indices (dO,) and state_dim dX, so a policy that observes a subset of the state
-    is applied to the same entries of x on the receiving side.
+    is applied to the same entries of x on the receiving side. A squashed policy (params.squash "tanh")
+    is refused with ShapeError: the message has no fields for the squash yet, and dropping it would
+    deploy a different policy.
     """
+    if params.squashed:
+        raise ShapeError(f"PolicyParameters cannot carry squash={params.squash!r} outputs yet")
     msg = PolicyParametersMsg()
     _header_stamp(msg, stamp)
     msg.run_token = str(run_token)
