@@ -22,12 +22,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Tiny node modules: a ROS node that spins until SIGINT, one that crashes, a trainer that finishes.
 NODE_MODULES = {
     "mbpl_test_spinner": """
+        import pathlib, sys
         import rclpy
         from rclpy.executors import ExternalShutdownException
         rclpy.init()
         node = rclpy.create_node("spinner")
         node.declare_parameter("greeting", "none")
         print("ready", node.get_name(), node.get_parameter("greeting").value, flush=True)
+        params = pathlib.Path(sys.argv[sys.argv.index("--params-file") + 1]).parent
+        (params / f"ready-{node.get_name()}").write_text("")
         try:
             rclpy.spin(node)
         except (KeyboardInterrupt, ExternalShutdownException):
@@ -53,6 +56,26 @@ NODE_MODULES = {
                 sys.exit(0)
             time.sleep(0.05)
         sys.exit(7)
+    """,
+    "mbpl_test_starter": """
+        import pathlib, sys, time
+        # stands for a node still importing its libraries: SIGINT here is a KeyboardInterrupt traceback
+        print("loading", flush=True)
+        params = pathlib.Path(sys.argv[sys.argv.index("--params-file") + 1]).parent
+        (params / "ready-starter").write_text("")
+        while True:
+            time.sleep(0.02)
+    """,
+    "mbpl_test_failer": """
+        import pathlib, sys, time
+        params = pathlib.Path(sys.argv[sys.argv.index("--params-file") + 1]).parent
+        deadline = time.monotonic() + 60
+        while not all((params / f"ready-{n}").exists() for n in ("spinner", "starter")):
+            if time.monotonic() > deadline:
+                sys.exit(9)
+            time.sleep(0.05)
+        print("controller step 17", flush=True)
+        raise RuntimeError("lost the robot: encoder 3 stopped")
     """,
     "mbpl_test_finisher": """
         import sys
@@ -126,6 +149,34 @@ def test_crashing_node_is_reported_and_stops_the_graph(node_modules: Path, tmp_p
     assert code == 3, text
     assert "node crasher died with exit code 3" in text and "[crasher] crashing now" in text
     assert launcher.exit_codes["spinner"] is not None
+    assert all(proc.poll() is not None for proc in launcher.processes.values())
+
+
+def test_a_dying_node_shows_its_error_once_and_the_others_stop_quietly(node_modules: Path,
+                                                                       tmp_path: Path) -> None:
+    """A node fails while a ROS node spins and another is still starting (SIGINT there is a
+    KeyboardInterrupt traceback): the output holds the failed node's traceback once, then no line of the
+    others' shutdown (it is in their log files), and a closing line names the node and its log."""
+    specs = [
+        NodeSpec("spinner", "mbpl_test_spinner", {"greeting": "hi"}),
+        NodeSpec("starter", "mbpl_test_starter"),
+        NodeSpec("failer", "mbpl_test_failer"),
+    ]
+    run = tmp_path / "run"
+    launcher, out = _launcher(specs, run)
+    code = launcher.run()
+    text = out.getvalue()
+    assert code == 1, text
+    assert text.count("RuntimeError: lost the robot: encoder 3 stopped") == 1, text
+    assert text.count("Traceback") == 1 and "[failer] Traceback (most recent call last):" in text, text
+    assert "KeyboardInterrupt" not in text and "[spinner] clean exit" not in text, text
+    assert "[spinner] ready spinner hi" in text and "[starter] loading" in text
+    last = text.splitlines()[-1]
+    assert last.startswith("[launch] the graph stopped because failer exited with code 1"), text
+    assert str(run / "logs" / "failer.log") in last
+    logs = {name: (run / "logs" / f"{name}.log").read_text() for name in ("spinner", "starter", "failer")}
+    assert "KeyboardInterrupt" in logs["starter"] and "clean exit" in logs["spinner"], logs
+    assert "lost the robot" in logs["failer"]
     assert all(proc.poll() is not None for proc in launcher.processes.values())
 
 

@@ -195,6 +195,11 @@ class ProcessLauncher:
     * SIGINT/SIGTERM received by the launcher are forwarded to the graph, which is then shut down;
     * a node that exits is reported with its exit code; a respawn node is restarted, the required
       node ends the graph with its exit code, any other exit stops the graph (exit code 1 if it was 0);
+    * when a node's failure stops the graph (a non-respawn node exits, or the required node exits
+      non-zero) its output, forwarded as it came, is the last node output shown: the others are
+      stopped quietly (what they print from then on, e.g. the ``KeyboardInterrupt`` tracebacks of nodes
+      still importing, or the same error again, goes to their log files only) and a closing line names
+      the failed node, its exit code and its log file;
     * shutdown sends SIGINT, then SIGTERM, then SIGKILL, each after ``stop_timeout`` seconds.
     """
 
@@ -219,6 +224,8 @@ class ProcessLauncher:
         self._exits: queue.Queue[tuple[str, subprocess.Popen]] = queue.Queue()
         self._signal: int | None = None
         self._out_lock = threading.Lock()
+        self._failed: tuple[str, int] | None = None  # (node, exit code) whose failure stopped the graph
+        self._quiet = threading.Event()  # set: other nodes' output goes to their log files only
 
     @property
     def processes(self) -> dict[str, subprocess.Popen]:
@@ -251,6 +258,8 @@ class ProcessLauncher:
         with open(log_path, "ab") as log:
             for line in iter(proc.stdout.readline, b""):
                 log.write(line)
+                if self._quiet.is_set():
+                    continue
                 with self._out_lock:
                     self.out.write(f"[{name}] {line.decode(errors='replace').rstrip()}\n")
                     self.out.flush()
@@ -279,6 +288,11 @@ class ProcessLauncher:
             self.shutdown()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self._failed is not None:
+                name, code = self._failed
+                self.say(f"the graph stopped because {name} exited with code {code}: its output is above "
+                         f"and in {self.run_dir / 'logs' / f'{name}.log'}; the other nodes were stopped "
+                         "(their output since then is in their log files only)")
 
     def _supervise(self) -> int:
         respawn_at: dict[str, float] = {}
@@ -301,15 +315,24 @@ class ProcessLauncher:
             self.exit_codes[name] = code
             spec = running.spec
             if spec.required:
+                if code != 0:
+                    self._fail(name, code)
                 self.say(f"{name} finished with exit code {code}: stopping the graph")
                 return code
-            self.say(f"node {name} died with exit code {code}")
             if spec.respawn:
+                self.say(f"node {name} died with exit code {code}")
                 self.say(f"respawning {name} in {spec.respawn_delay:g} s")
                 respawn_at[name] = time.monotonic() + spec.respawn_delay
                 continue
+            self._fail(name, code)
+            self.say(f"node {name} died with exit code {code}")
             self.say("stopping the graph (set respawn for this node to restart it instead)")
             return code if code != 0 else 1
+
+    def _fail(self, name: str, code: int) -> None:
+        """The graph stops because of ``name``: from now on the other nodes' output goes to their logs."""
+        self._quiet.set()
+        self._failed = (name, code)
 
     def shutdown(self) -> None:
         """Stop every running node: SIGINT, then SIGTERM, then SIGKILL, each after stop_timeout."""
