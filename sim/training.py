@@ -187,9 +187,18 @@ class PETSRunner:
         from mbpl_core.planning.distill import distill_planner
         from mbpl_core.policy import NumpyPolicy
 
+        extra: dict[str, Any] = {}
+        if not self.algorithm.reports:
+            return extra
+        if self.config.evaluate_held_out and self.experiment.conditions("held_out"):
+            held_out = MujocoEnv(self.experiment, condition_set="held_out")
+            tips = tip_distances(held_out, [self.algorithm.mpc])
+            extra |= success_fields("mpc_held_out", tips, self.threshold)
+            log(f"[mbpl] MPC on the held-out conditions: {_within(tips, self.threshold)}, "
+                f"median {np.median(tips):.4f} m")
         distill = self.config.distill
-        if not distill.enabled or not self.algorithm.reports:
-            return {}
+        if not distill.enabled:
+            return extra
         log(f"[mbpl] distilling the planner into a policy ({distill.rounds} DAgger rounds)")
         # round 0 imitates the last iteration's MPC trials: earlier ones planned over worse models
         expert_trials = self.algorithm.data[-self.config.trials_per_condition * self.env.num_conditions:]
@@ -199,7 +208,7 @@ class PETSRunner:
             log(f"[mbpl] DAgger round {r.round}: {r.pairs} pairs, loss {r.loss_before:.4g} -> "
                 f"{r.loss_after:.4g}, policy tip distance max {max(r.final_distance):.4f} m on the "
                 "training conditions")
-        extra = success_fields("policy", list(self.distill_rounds[-1].final_distance), self.threshold)
+        extra |= success_fields("policy", list(self.distill_rounds[-1].final_distance), self.threshold)
         if self.experiment.conditions("held_out"):
             held_out = MujocoEnv(self.experiment, condition_set="held_out")
             numpy_policy = NumpyPolicy(policy_to_params(self.policy))

@@ -62,7 +62,9 @@ class PETSConfig:
     action_limits: per-joint bound (N m, dU values, or one value for every joint) of the efforts PETS
     explores with — the random trials, the planner's search box and the distilled policy's scale — within
     the robot's effort limits (null: the effort limits themselves). A 7-DoF arm with 87 N m joints needs a
-    few N m to reach: uniformly random 87 N m torques fling it far from anything a task visits.
+    few N m to reach: uniformly random 87 N m torques fling it far from anything a task visits;
+    evaluate_held_out: at the end of ``mbpl train``, one MPC trial per held-out condition (how the planner
+    generalises; the trials are not added to the data).
     """
 
     iterations: int = 10
@@ -74,6 +76,7 @@ class PETSConfig:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     action_limits: tuple[float, ...] | None = None
+    evaluate_held_out: bool = True
 
     def __post_init__(self) -> None:
         if self.action_limits is not None:

@@ -1,0 +1,216 @@
+"""Benchmark: every method on the same robots, one table (``mbpl train`` in one process per run).
+
+For each task (experiment file), method and seed it runs :func:`mbpl_sim.training.train_in_process` —
+exactly what ``mbpl train CONFIG --set method=M`` does — and reads the run's history.json:
+
+* ``steps_to_success``: environment steps until every training condition's noiseless trial (the LG
+  controllers for lqr_flm / mdgps, the MPC for pets, the policy for the policy learners) ends within the
+  task's success distance (2 cm reach, 1 cm peg); null if never within the budget;
+* ``final_distance_max_m``: the last iteration's worst training-condition distance;
+* ``held_out_policy``: held-out success rate of the deployable policy (mdgps: the deployed snapshot;
+  pets: the distilled policy; policy learners: their policy); ``held_out_mpc``: PETS's MPC on the
+  held-out conditions; null where a method has none (LQR-FLM's controllers are per condition);
+* wall time per environment step and in all; PETS: model-fit seconds per iteration, planning latency
+  per control step (median / p99 of the last iteration, ms) against the control period.
+
+Learning curves (worst training distance vs environment steps, log axis) go to
+bench/results/methods.png, the figures to bench/results/methods.json and the table (markdown) to
+stdout and, for a full run, docs/methods.md. ``--quick`` runs tiny budgets (CI smoke test: the script
+and every method's runner work; its numbers mean nothing).
+
+Run: ``.venv/bin/python bench/methods.py [--tasks reacher2 arm7_reach] [--methods lqr_flm mdgps pets]
+[--seeds 0 1 2] [--quick] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"reacher2": ROOT / "configs" / "reacher2_sim.yaml",
+         "arm7_reach": ROOT / "configs" / "arm7_reach.yaml",
+         "arm7_peg": ROOT / "configs" / "arm7_peg.yaml"}
+# tiny budgets for --quick (the smoke test): a couple of iterations, small planners and networks
+QUICK = {
+    "lqr_flm": ["algorithm.samples_per_condition=2"],
+    "mdgps": ["algorithm.samples_per_condition=2", "gps.iterations=50"],
+    "pets": ["pets.planner.population=32", "pets.planner.elites=4", "pets.planner.horizon=4",
+             "pets.planner.iterations=1", "pets.model.max_epochs=3", "pets.distill.rounds=1",
+             "pets.distill.policy.iterations=50"],
+}
+QUICK_ITERATIONS = 2
+
+
+def seed_overrides(method: str, seed: int) -> list[str]:
+    """``--set`` assignments that make ``seed`` the run's seed for ``method``."""
+    from mbpl_sim.experiment import METHOD_SECTIONS
+
+    sets = [f"algorithm.seed={seed}"]
+    entry = METHOD_SECTIONS[method]
+    if entry is not None:
+        sets.append(f"{entry[0]}.seed={seed}")
+    return sets
+
+
+def steps_to_success(history: list[dict[str, Any]]) -> int | None:
+    """Environment steps of the first iteration whose every training condition is within the threshold."""
+    for record in history:
+        if max(record["eval_final_distance"]) < record["success_threshold_m"]:
+            return int(record["env_steps"])
+    return None
+
+
+def summarise(task: str, method: str, seed: int, history: list[dict[str, Any]], wall_s: float,
+              dt: float) -> dict[str, Any]:
+    """One row of the table from a run's history records."""
+    last = history[-1]
+    row: dict[str, Any] = {
+        "task": task, "method": method, "seed": seed, "iterations": len(history),
+        "env_steps": int(last["env_steps"]), "steps_to_success": steps_to_success(history),
+        "final_distance_max_m": float(max(last["eval_final_distance"])),
+        "final_distance_mean_m": float(np.mean(last["eval_final_distance"])),
+        "held_out_policy": last.get("policy_held_out_success_rate"),
+        "held_out_mpc": last.get("mpc_held_out_success_rate"),
+        "wall_s": wall_s, "wall_ms_per_env_step": 1e3 * wall_s / max(1, int(last["env_steps"])),
+        "success_threshold_m": float(last["success_threshold_m"]), "control_period_ms": 1e3 * dt,
+        "curve": [[int(r["env_steps"]), float(max(r["eval_final_distance"]))] for r in history],
+    }
+    if "planning_ms_p50" in last:
+        row |= {"planning_ms_p50": float(last["planning_ms_p50"]),
+                "planning_ms_p99": float(last["planning_ms_p99"]),
+                "model_s_per_iteration": float(np.mean([r["seconds"]["model"] for r in history]))}
+    return row
+
+
+def run_one(task: str, method: str, seed: int, quick: bool, log_dir: Path) -> dict[str, Any]:
+    """Train ``method`` on ``task`` with ``seed`` in a scratch run folder; its summary row."""
+    from mbpl_ros.cli import effective_config
+    from mbpl_sim.experiment import load_experiment
+    from mbpl_sim.training import train_in_process
+
+    with tempfile.TemporaryDirectory(prefix=f"mbpl-bench-{task}-{method}-") as folder:
+        run_dir = Path(folder) / "run"
+        sets = [f"method={method}", *seed_overrides(method, seed), *(QUICK.get(method, []) if quick else [])]
+        path, _ = effective_config(TASKS[task], sets, run_dir)
+        experiment = load_experiment(path)
+        lines: list[str] = []
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            history = train_in_process(experiment, run_dir, QUICK_ITERATIONS if quick else None,
+                                       log=lines.append)
+        wall = time.perf_counter() - start
+        (log_dir / f"{task}-{method}-seed{seed}.log").write_text("\n".join(lines) + "\n")
+        return summarise(task, method, seed, history, wall, experiment.task.dt)
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "—"
+    return format(value, spec) if spec else str(value)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: one line per (task, method), figures over seeds (median, and every seed's steps)."""
+    lines = ["| task | method | seeds | env steps to success (per seed) | worst final distance (cm) | "
+             "held-out policy | held-out MPC | planning ms p50/p99 (period) | wall ms / env step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (list(TASKS).index(k[0]), k[1]))
+    for task, method in keys:
+        group = [r for r in rows if r["task"] == task and r["method"] == method]
+        steps = " / ".join(_fmt(r["steps_to_success"]) for r in group)
+        worst = np.median([r["final_distance_max_m"] for r in group]) * 100
+        pol = [r["held_out_policy"] for r in group if r["held_out_policy"] is not None]
+        mpc = [r["held_out_mpc"] for r in group if r["held_out_mpc"] is not None]
+        plan = "—"
+        if "planning_ms_p50" in group[0]:
+            plan = (f"{np.median([r['planning_ms_p50'] for r in group]):.0f}/"
+                    f"{np.median([r['planning_ms_p99'] for r in group]):.0f} "
+                    f"({group[0]['control_period_ms']:.0f})")
+        pol_s, mpc_s = _fmt(np.mean(pol) if pol else None, ".2f"), _fmt(np.mean(mpc) if mpc else None, ".2f")
+        lines.append(f"| {task} | {method} | {len(group)} | {steps} | {worst:.2f} | {pol_s} | {mpc_s} | "
+                     f"{plan} | {np.median([r['wall_ms_per_env_step'] for r in group]):.2f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Worst training distance against environment steps, one panel per task, log x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    colours: dict[str, Any] = {}
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for r in (r for r in rows if r["task"] == task):
+            colour = colours.setdefault(r["method"], f"C{len(colours)}")
+            steps, dist = np.asarray(r["curve"]).T
+            ax.plot(steps, 100 * dist, color=colour, alpha=0.8,
+                    label=r["method"] if r["seed"] == min(x["seed"] for x in rows) else None)
+        ax.axhline(100 * rows[0]["success_threshold_m"] if task != "arm7_peg" else 1.0, color="k", ls=":",
+                   lw=0.8)
+        ax.set(xscale="log", yscale="log", xlabel="environment steps", ylabel="worst training distance (cm)",
+               title=task)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["reacher2", "arm7_reach"], choices=list(TASKS))
+    parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "pets"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test, not figures")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    from mbpl_sim.experiment import METHODS
+
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_dir = args.out / "methods_logs"
+    log_dir.mkdir(exist_ok=True)
+    rows = []
+    for task in args.tasks:
+        for method in args.methods:
+            for seed in args.seeds:
+                row = run_one(task, method, seed, args.quick, log_dir)
+                rows.append(row)
+                print(f"{task:10s} {method:8s} seed {seed}: steps to success "
+                      f"{_fmt(row['steps_to_success'])}, "
+                      f"worst final {100 * row['final_distance_max_m']:.2f} cm, held-out policy "
+                      f"{_fmt(row['held_out_policy'], '.2f')}, MPC {_fmt(row['held_out_mpc'], '.2f')}, "
+                      f"{row['wall_s']:.0f} s", flush=True)
+    text = table(rows)
+    print(text)
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+              "quick": args.quick, "command": "python bench/methods.py " + " ".join(
+                  [f"--tasks {' '.join(args.tasks)}", f"--methods {' '.join(args.methods)}",
+                   f"--seeds {' '.join(map(str, args.seeds))}"] + (["--quick"] if args.quick else [])),
+              "rows": rows, "table": text}
+    (args.out / "methods.json").write_text(json.dumps(result, indent=1))
+    plot(rows, args.out / "methods.png")
+    if not args.quick:
+        doc = ROOT / "docs" / "methods.md"
+        doc.write_text("# Methods compared (measured)\n\nCommand: `" + result["command"] + "` on "
+                       f"{result['machine']['cpus']} CPUs ({result['machine']['platform']}).\n\n{text}\n")
+    print(f"wrote {args.out / 'methods.json'} and {args.out / 'methods.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
