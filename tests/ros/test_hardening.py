@@ -39,6 +39,7 @@ from mbpl_ros.sampler_logic import (  # noqa: E402
     SamplerParams,
     TrialRequest,
     TrialResult,
+    build_numpy_policy,
 )
 from mbpl_ros.sampler_node import _empty_sample  # noqa: E402
 from mbpl_ros.trainer_transport import decode_sample  # noqa: E402
@@ -278,6 +279,49 @@ def test_policy_bound_is_sound_and_rejects_what_is_only_finite_at_the_origin(exp
     assert not sampler.offer_policy(3, steep_tanh)
     assert "gain" in sampler.counters.last_reject_reason
     assert sampler._policy[0] == 1
+
+
+def _sized_policy(dX: int, dU: int, obs: int, first_bias: float = 0.0,
+                  last_scale: float = 0.3) -> PolicyParams:
+    """A small relu MLP over the first ``obs`` entries of states of dX, with dU actions."""
+    rng = np.random.default_rng(3)
+    H = 8
+    return PolicyParams.from_layers(
+        weights=(0.1 * rng.standard_normal((H, obs)), last_scale * rng.standard_normal((dU, H))),
+        biases=(np.full(H, first_bias), np.zeros(dU)), activation="relu", obs_indices=np.arange(obs),
+        obs_mean=np.zeros(obs), obs_std=np.ones(obs), action_covar=0.05 * np.eye(dU), state_dim=dX)
+
+
+@pytest.mark.parametrize("shift", [(1, 0), (-1, 0), (0, 1), (0, -1)], ids=["dX+1", "dX-1", "dU+1", "dU-1"])
+def test_a_policy_for_another_state_or_action_size_is_rejected_naming_the_size(
+        experiment_file, setup, shift: tuple[int, int]) -> None:
+    """Oracle: the robot's own (dX, dU) is accepted; one more or one fewer of either is rejected, counted,
+    and the reason names the robot's size -- over the sampler and without limits (build_numpy_policy)."""
+    dX, dU = setup.dX + shift[0], setup.dU + shift[1]
+    obs = min(dX, setup.dX) - 1  # observed entries exist in both state sizes, so only the size is wrong
+    sampler = Sampler(_params(experiment_file), setup, RecordingIO())
+    assert sampler.offer_policy(1, _sized_policy(setup.dX, setup.dU, obs))
+    wrong = _sized_policy(dX, dU, obs)
+    assert not sampler.offer_policy(2, wrong)
+    assert sampler.counters.policies_rejected == 1 and sampler._policy[0] == 1
+    name, size = ("dX", setup.dX) if shift[0] else ("dU", setup.dU)
+    assert f"the robot has {name} = {size}" in sampler.counters.last_reject_reason
+    with pytest.raises(ShapeError, match=f"the robot has {name} = {size}"):
+        build_numpy_policy(wrong, setup)
+
+
+def test_a_policy_whose_action_at_the_origin_overflows_is_not_built(setup) -> None:
+    """Finite weights whose product overflows at x = 0 (relu(1e200) · 1e200 = inf): no NumpyPolicy comes
+    out of build_numpy_policy even without limits, while the same policy with sane weights is built."""
+    obs = setup.dX
+    sane = build_numpy_policy(_sized_policy(setup.dX, setup.dU, obs, first_bias=1.0), setup)
+    assert np.all(np.isfinite(sane.act(0, np.zeros(setup.dX), None)))
+    overflowing = _sized_policy(setup.dX, setup.dU, obs, first_bias=1e200, last_scale=1e200)
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert not np.all(np.isfinite(NumpyPolicy(overflowing).mean_batch(np.zeros((1, setup.dX))))), \
+            "the construction must overflow at the origin"
+        with pytest.raises(ShapeError, match="finite"):
+            build_numpy_policy(overflowing, setup)
 
 
 # ------------------------------------------------------------------------- 5. stale readings
