@@ -223,11 +223,12 @@ def scaled_defaults(experiment: ExperimentConfig) -> dict[str, object]:
     """Robot-scaled ``algorithm.init.init_var`` and ``cost.action_weight``, one value per joint (dotted keys).
 
     With M_ii the joint inertias (:func:`joint_inertia`, armature included) and e_i the effort limits:
-    init_var_i = min(k · M_ii, (f · e_i)²) with k = 1.5 and f = 0.2, and action_weight_i = c / M_ii with
-    c = 1e-3. A torque impulse u_i·Δt gives joint i the kinetic energy (u_i Δt)² / (2 M_ii), so the
-    exploration noise gives every joint the same energy and the action cost prices that energy: a heavy
-    joint (large armature) is explored and driven harder, a light wrist less. (Calibrated on the shipped
-    reacher2 and arm7 experiments, whose hand-tuned values these reproduce within a factor of 3.)
+    init_var_i = min(k · M_ii, (f · e_i)²) with k = 1.5 and f = 0.2, and action_weight_i = c / M_ii² with
+    c = 1e-4. A torque impulse u_i·Δt gives joint i the kinetic energy (u_i Δt)² / (2 M_ii), so the
+    exploration noise gives every joint the same energy, and the action cost prices the acceleration
+    u_i / M_ii a torque causes: a heavy joint (large armature) is explored and driven harder, a light
+    wrist less. (Calibrated on the shipped reacher2 and arm7 experiments, whose hand-tuned values these
+    reproduce within a factor of 3.)
     """
     inertia = joint_inertia(experiment)
     efforts = build_scene(experiment).robot.effort_limits
