@@ -1,6 +1,6 @@
 """Benchmark: MDGPS learning peg insertion on arm7 in one process (the acceptance of the GPS issue).
 
-configs/arm7_peg.yaml: 4 training hole positions (corners of a ±8 cm square), 5 samples per condition
+configs/arm7_peg.yaml: 9 training hole positions (a 3 x 3 grid over a ±8 cm square), 5 samples per condition
 per iteration, 16 held-out positions inside the square. After every iteration it records:
 
 * LG controllers: mean sampled cost per training condition, and the final peg-tip distance to the hole
@@ -8,16 +8,16 @@ per iteration, 16 held-out positions inside the square. After every iteration it
 * neural policy: final tip distance of a noiseless rollout from each held-out condition (success < 1 cm)
   and the mean ee-point distance (tip and top);
 * the deployed policy (``MDGPS.deployed_policy``: with gps.select_best the snapshot of lowest noiseless
-  cost on the training holes, chosen without the held-out ones): its held-out success;
-* step_mult, KL, fallbacks, steps rejected by algorithm.step_check and its noiseless trials, S-step losses
-  and the wall time of the iteration's phases.
+  cost on the validation holes, chosen without the held-out ones): its held-out success;
+* step_mult and KL per condition, fallbacks, steps rejected by algorithm.step_check and its noiseless
+  trials, S-step losses and the wall time of the iteration's phases.
 
-Per seed: the iteration at which all four LG controllers first insert (``lg_all_inserted_after``), how many
+Per seed: the iteration at which all LG controllers first insert (``lg_all_inserted_after``), how many
 noiseless LG trials of later iterations jam (``later_jams``: (iteration, condition) pairs with the tip
 >= 1 cm), the held-out success per iteration of the newest and the deployed policy and the wall time.
 ``--compare OLD.json`` checks that every figure but the wall times equals an earlier run's.
 
-Acceptance: LG success on all 4 training conditions within 10 iterations; policy success on >= 90 % of
+Acceptance: LG success on all training conditions within 10 iterations; policy success on >= 90 % of
 the held-out conditions after <= 12 iterations. Writes bench/results/gps_peg.json and gps_peg.png.
 Run: ``.venv/bin/python bench/gps_peg.py [--iterations 12] [--seeds 0 1 2] [--config PATH]``.
 """
@@ -95,7 +95,7 @@ def run_seed(config_path: Path, iterations: int, seed: int, overrides: dict[str,
             "deployed_tip_m": deployed_tip.tolist(),
             "deployed_success": float(np.mean(deployed_tip < SUCCESS_M)),
             "deployed_from_iteration": None if mdgps.best is None else mdgps.best[1] + 1,
-            "step_mult": report.step_mult[0],
+            "step_mult": list(report.step_mult),
             "kl": list(report.kl),
             "fallbacks": sum(1 for i, _ in mdgps.fallbacks if i == report.iteration),
             "rejected_steps": [int(r) for r in report.rejected],
@@ -109,7 +109,8 @@ def run_seed(config_path: Path, iterations: int, seed: int, overrides: dict[str,
               f"LG cost {np.mean(row['lg_cost']):7.1f} "
               f"tip cm {np.round(100 * lg_tip, 1)}  policy held-out success {row['policy_success']:.2f} "
               f"mean tip {100 * policy_tip.mean():.1f} cm  deployed {row['deployed_success']:.2f}  "
-              f"step_mult {row['step_mult']:.2f}", flush=True)
+              f"step_mult {min(row['step_mult']):.3g}-{max(row['step_mult']):.3g}  "
+              f"rejected {sum(row['rejected_steps'])}", flush=True)
     inserted = _first(rows, "lg_success", 1.0)
     later = [] if inserted is None else [(r["iteration"] + 1, m) for r in rows[inserted:]
                                          for m, tip in enumerate(r["lg_tip_m"]) if tip >= SUCCESS_M]
@@ -154,8 +155,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         if any(r["deployed_from_iteration"] for r in res["iterations"]):
             axes[2].plot(its, [r["deployed_success"] for r in res["iterations"]], ls=":", marker="x",
                          color=line[0].get_color(), label=f"{label} deployed (best on training)")
-    axes[0].set_title("LG sampled cost (mean over 4 conditions)")
-    axes[1].set_title("LG insertion success (4 training holes)")
+    axes[0].set_title("LG sampled cost (mean over the training conditions)")
+    axes[1].set_title("LG insertion success (training holes)")
     axes[2].set_title("policy insertion success (16 held-out holes)")
     axes[2].axhline(0.9, color="k", ls="--", lw=0.8)
     for ax in axes:
@@ -198,7 +199,7 @@ def main() -> None:
               f"{last['policy_success']:.2f} / {last['deployed_success']:.2f} | {res['total_s']:.0f}")
     for res in results:
         last = res["iterations"][-1]
-        print(f"seed {res['seed']}: LG all 4 inserted after {res['lg_all_inserted_after']} iterations, "
+        print(f"seed {res['seed']}: LG all inserted after {res['lg_all_inserted_after']} iterations, "
               f"policy >= 90 % after {res['policy_90_after']}, best {res['policy_best']:.2f}, "
               f"final policy success {last['policy_success']:.2f}, "
               f"final deployed success {last['deployed_success']:.2f} "

@@ -18,6 +18,15 @@ to ``max_backtracks`` times; if every candidate regresses, the current controlle
 stays shrunk. The check costs one noiseless trial per condition and iteration (plus one per backtrack),
 and it does not touch the sampling noise: the run's samples are those of the same seed without the check
 up to the first rejected step.
+
+Backtracking shrinks the step around the controller whose cost *is* the baseline. In LQR-FLM that is the
+trust region's centre itself. In MDGPS the centre is the policy linearisation π̄, not the current LG
+controller: shrinking ε around π̄ moves the candidate towards π̄, and where the policy does worse than the
+controller it was trained on, no backtrack can pass. On peg insertion (seed 1, 9 holes) that froze 5 of 9
+controllers from iteration 5-7 on (backtracked costs 10.0, 9.5, 9.3 and later 9.0 → π̄'s own, against a
+baseline 5.2), among them one stalled 1.1 cm above the hole bottom that the nearby held-out holes then
+copied. So the backtracks of an MDGPS step are KL steps around the current controller (``checked_update``
+with a reference): as ε shrinks they tend to the baseline controller, as in LQR-FLM.
 """
 
 from __future__ import annotations
@@ -101,7 +110,8 @@ def regressed(cost: float, baseline: float, tolerance: float) -> bool:
 
 def check_step(propose: Callable[[float], Candidate], evaluate: Callable[[Candidate], float],
                baseline: float, step_mult: float, config: StepCheckConfig,
-               min_step_mult: float = 0.0) -> StepCheckResult[Candidate]:
+               min_step_mult: float = 0.0,
+               backtrack: Callable[[float], Candidate] | None = None) -> StepCheckResult[Candidate]:
     """Backtracking acceptance of a C-step (module docstring).
 
     propose(step_mult) → candidate (the KL step solved at that multiplier); evaluate(candidate) → its
@@ -109,12 +119,14 @@ def check_step(propose: Callable[[float], Candidate], evaluate: Callable[[Candid
     step_mult, step_mult · f, step_mult · f², … (f = backtrack_factor, never below min_step_mult; at most
     1 + max_backtracks candidates) and returns the first that does not regress; if none, candidate None
     and step_mult shrunk once more (the next iteration starts from the smaller trust region).
+    backtrack(step_mult) → the candidates after the first (default: propose), e.g. steps around the
+    baseline controller when propose steps around another centre.
     """
     if not math.isfinite(baseline):
         raise ValueError(f"check_step: the baseline cost must be finite, got {baseline}")
     mult, costs = float(step_mult), []
     for attempt in range(config.max_backtracks + 1):
-        candidate = propose(mult)
+        candidate = propose(mult) if attempt == 0 or backtrack is None else backtrack(mult)
         cost = float(evaluate(candidate))
         costs.append(cost)
         if not regressed(cost, baseline, config.regression_tolerance):
@@ -134,13 +146,16 @@ def checked_update(optimizer: ConditionOptimizer, dynamics: LinearDynamics, quad
     """:meth:`ConditionOptimizer.update` (without the step adaptation) behind :func:`check_step`.
 
     evaluate(controller) → its noiseless cost on the system; baseline: that of optimizer.controller.
+    The first candidate is the KL step around ``reference`` (None: the current controller); the backtracks
+    are KL steps around the current controller, the one the baseline was measured on (module docstring).
     The accepted candidate becomes current; after a rejection the current controller stays (info: its KL
     to ``reference`` and expected cost under the new model, ``rejected`` set). optimizer.step_mult ends at
     the check's multiplier either way.
     """
     result = check_step(lambda mult: optimizer.solve(dynamics, quad, reference, mult),
                         lambda candidate: evaluate(candidate[0]), baseline, optimizer.step_mult, config,
-                        optimizer.config.min_step_mult)
+                        optimizer.config.min_step_mult,
+                        backtrack=lambda mult: optimizer.solve(dynamics, quad, None, mult))
     if result.candidate is not None:
         controller, info = result.candidate
         optimizer.accept(controller, info, dynamics, quad)

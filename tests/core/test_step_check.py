@@ -213,3 +213,64 @@ def test_mdgps_c_step_goes_through_the_check(wall_env) -> None:  # noqa: ANN001
     assert alg.lg.noiseless_costs[0] == pytest.approx(costs[-1], rel=1e-12)
     assert sum(r.check_trials for r in alg.reports) == alg.lg.check_trials >= 6 + 1
     assert any(any(r.rejected) for r in alg.reports)  # the jam of the unchecked run was refused
+
+
+def test_backtracks_come_from_the_backtrack_proposal_after_the_first_candidate() -> None:
+    calls: list[tuple[str, float]] = []
+
+    def propose(mult: float) -> float:
+        calls.append(("centre", mult))
+        return mult
+
+    def backtrack(mult: float) -> float:
+        calls.append(("current", mult))
+        return mult
+
+    result = check_step(propose, _wall(0.5), 10.0, 3.0, CONFIG, backtrack=backtrack)
+    assert calls == [("centre", 3.0), ("current", 0.75), ("current", 0.1875)]
+    assert result.accepted and result.candidate == 0.1875
+
+
+def test_an_mdgps_step_backtracks_around_the_current_controller_not_the_policy_centre() -> None:
+    """Candidates more than 2 nats from the current controller (whose cost is the baseline) regress, and the
+    reference (the policy linearisation π̄) is far from it: shrinking ε around π̄ could never pass.
+    Oracle: the accepted controller is the KL step around the current controller solved independently."""
+    opt, dyn, quad = _optimizer()
+    current = opt.controller
+    reference = random_controller(np.random.default_rng(9), 6, 3, 2)
+    assert trajectory_kl(lqr_forward_pass(reference, dyn), reference, current) > 20.0
+
+    def evaluate(c: LinearGaussianController) -> float:
+        return 20.0 if trajectory_kl(lqr_forward_pass(c, dyn), c, current) > 2.0 else 9.0
+
+    oracle, _ = opt.solve(dyn, quad, None, 2.0 * 0.25 ** 2)  # around the current controller: 0.75 nats
+    controller, info, result = checked_update(opt, dyn, quad, reference, evaluate, 10.0, CONFIG)
+    assert result.accepted and result.trials == 3 and result.costs == (20.0, 20.0, 9.0)
+    assert np.array_equal(controller.K, oracle.K) and np.array_equal(controller.k, oracle.k)
+    assert opt.controller is controller and not info.rejected
+
+
+def test_mdgps_global_rule_keeps_one_step_mult_when_the_check_rejects_a_condition(point_mass_env) -> None:  # noqa: ANN001
+    """step_rule "global": the check's backtracked multiplier holds for that C-step only, so every
+    condition enters each C-step at the same multiplier. Condition 0's system is made to reject every
+    new controller (its noiseless cost is 1e9 unless the controller is the current one)."""
+    from mbpl_core.guided.mdgps import MDGPS
+    from mbpl_core.policy import GPSConfig
+
+    cost = _quadratic_cost(point_mass_env)
+    config = from_dict(AlgorithmConfig, {"seed": 0, "samples_per_condition": 3,
+                                         "step_check": {"enabled": True}})
+    alg = MDGPS(point_mass_env, cost, config, GPSConfig(hidden_sizes=(16,), iterations=50, device="cpu"))
+    real = alg.lg.noiseless_cost
+
+    def noiseless_cost(condition: int, controller: LinearGaussianController) -> float:
+        value = real(condition, controller)
+        return value if condition or controller is alg.lg.optimizers[0].controller else 1e9
+
+    alg.lg.noiseless_cost = noiseless_cost  # type: ignore[method-assign]
+    for _ in range(4):
+        report = alg.iteration()
+        mults = [opt.step_mult for opt in alg.lg.optimizers]
+        assert mults[0] == mults[1], (report.iteration, mults)
+    assert all(r.rejected[0] for r in alg.reports) and not any(r.rejected[1] for r in alg.reports)
+    assert alg.reports[-1].step_mult[0] < alg.reports[-1].step_mult[1]  # the shrink was taken that step
