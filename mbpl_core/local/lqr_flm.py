@@ -100,7 +100,9 @@ class IterationReport:
 
     mean_cost: mean over the samples of Σ_t c(x_t, u_t) of the controllers that were sampled (before the
     update); step_mult, eta, kl, eta_iterations: of the KL step; *_s: wall-clock seconds summed over the
-    conditions for sampling, dynamics fitting, the cost model and the LQR step (η search).
+    conditions for sampling, dynamics fitting, the cost model and the LQR step (η search); check_trials:
+    the noiseless trials algorithm.step_check ran this iteration (T steps each on the system, beside the
+    samples_per_condition · num_conditions sampled trials).
     """
 
     iteration: int
@@ -113,6 +115,7 @@ class IterationReport:
     dynamics_s: float
     cost_s: float
     lqr_s: float
+    check_trials: int = 0
 
 
 class LQRFLM:
@@ -201,7 +204,7 @@ class LQRFLM:
     def iteration(self) -> IterationReport:
         """One LQR-FLM iteration over all conditions; returns (and keeps) its report."""
         clock = {"sampling": 0.0, "dynamics": 0.0, "cost": 0.0, "lqr": 0.0}
-        rows = []
+        rows, checks_before = [], self.check_trials
         for m, (fitter, cost) in enumerate(zip(self.fitters, self.costs, strict=True)):
             start = time.perf_counter()
             batch = self.sample_condition(m)
@@ -228,6 +231,7 @@ class LQRFLM:
             dynamics_s=clock["dynamics"],
             cost_s=clock["cost"],
             lqr_s=clock["lqr"],
+            check_trials=self.check_trials - checks_before,
         )
         self.iteration_count += 1
         self.reports.append(report)

@@ -274,3 +274,24 @@ def test_mdgps_global_rule_keeps_one_step_mult_when_the_check_rejects_a_conditio
         assert mults[0] == mults[1], (report.iteration, mults)
     assert all(r.rejected[0] for r in alg.reports) and not any(r.rejected[1] for r in alg.reports)
     assert alg.reports[-1].step_mult[0] < alg.reports[-1].step_mult[1]  # the shrink was taken that step
+
+
+def test_lqr_flm_reports_count_the_check_trials_run_on_the_system(wall_env) -> None:  # noqa: ANN001
+    """Oracle: the noiseless trials the environment saw in each iteration (every one is the check's)."""
+    cost = _quadratic_cost(wall_env)
+    config = from_dict(AlgorithmConfig, {"seed": 1, "samples_per_condition": 3, "init": {"init_var": 0.5},
+                                         "kl": {"max_step_mult": 10.0}, "step_check": {"enabled": True}})
+    alg = LQRFLM(wall_env, cost, config)
+    seen = {"noiseless": 0}
+    sample = wall_env.sample
+
+    def counting_sample(policy: object, condition: int, noise: np.ndarray | None) -> SampleBatch:
+        seen["noiseless"] += noise is None
+        return sample(policy, condition, noise)
+
+    wall_env.sample = counting_sample
+    for _ in range(4):
+        before = seen["noiseless"]
+        report = alg.iteration()
+        assert report.check_trials == seen["noiseless"] - before >= 1
+    assert sum(r.check_trials for r in alg.reports) == alg.check_trials == seen["noiseless"]
