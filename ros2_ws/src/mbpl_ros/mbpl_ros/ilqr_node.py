@@ -12,6 +12,8 @@
   iteration i samples; the step of iteration i publishes ``controller_id(i + 1, m)``.
 
 Per-condition state is persisted to ``<run_dir>/ilqr/condition_<m>.pkl`` (:mod:`mbpl_ros.step_logic`).
+Settings the graph's step does not carry out (algorithm.step_check) are logged as warnings at start
+(``step_logic.settings_not_honoured``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from mbpl_ros.fitting_node import latched_qos, samples_to_batch
 from mbpl_ros.node_main import spin_node
 from mbpl_ros.node_params import IlqrNodeParams, load_settings
 from mbpl_ros.params import declare_parameters
-from mbpl_ros.step_logic import lqr_conditions, lqr_step
+from mbpl_ros.step_logic import lqr_conditions, lqr_step, settings_not_honoured
 from mbpl_ros.trainer_logic import controller_id
 from mbpl_sim.env import MujocoEnv
 
@@ -53,6 +55,8 @@ class IlqrNode(Node):
         for m in range(len(self.conditions)):
             self._publish_current(m)
         self.get_logger().info(f"LQR steps for {env.num_conditions} conditions, state in {folder}")
+        for note in settings_not_honoured(algo):
+            self.get_logger().warning(note)
 
     def _publish_current(self, m: int) -> None:
         cond = self.conditions[m]

@@ -21,6 +21,7 @@ from mbpl_core.containers import LinearDynamics, LinearGaussianController, Sampl
 from mbpl_core.costs import Cost, quadratic_cost_model
 from mbpl_core.local.dynamics import DynamicsFitConfig, DynamicsFitter
 from mbpl_core.local.init import InitConfig, initial_controller
+from mbpl_core.local.lqr_flm import AlgorithmConfig
 from mbpl_core.local.traj_opt import ConditionOptimizer, KLStepConfig, UpdateInfo
 
 S = TypeVar("S")
@@ -129,3 +130,17 @@ def lqr_step(condition: PersistentCondition[ConditionOptimizer, LqrResult], iter
         optimizer.step_mult = step_mult
         return optimizer.update(dynamics, quad, reference, adapt_step=False)
     return condition.run(iteration, compute)
+
+
+def settings_not_honoured(algorithm: AlgorithmConfig) -> list[str]:
+    """One message per setting of ``algorithm`` that the graph's C-step does not carry out (empty: none).
+
+    algorithm.step_check: the check runs each candidate controller once without noise on the system before
+    it becomes current (:mod:`mbpl_core.local.step_check`). Here the iLQR service takes one step per
+    condition and iteration and makes it current at once, and only the trainer can run trials, so every
+    step is taken unchecked.
+    """
+    if algorithm.step_check.enabled:
+        return ["algorithm.step_check is enabled but not honoured through the graph: every C-step is "
+                "taken unchecked (the check runs in `mbpl train`)"]
+    return []
