@@ -15,7 +15,8 @@ per iteration, 16 held-out positions inside the square. After every iteration it
 Per seed: the iteration at which all LG controllers first insert (``lg_all_inserted_after``), how many
 noiseless LG trials of later iterations jam (``later_jams``: (iteration, condition) pairs with the tip
 >= 1 cm), the held-out success per iteration of the newest and the deployed policy and the wall time.
-``--compare OLD.json`` checks that every figure but the wall times equals an earlier run's.
+``--compare OLD.json`` checks, for every seed run in both, that every figure but the wall times equals the
+earlier run's (config and overrides must be the same), so one seed can be repeated against a 5-seed run.
 
 Acceptance: LG success on all training conditions within 10 iterations; policy success on >= 90 % of
 the held-out conditions after <= 12 iterations. Writes bench/results/gps_peg.json and gps_peg.png.
@@ -206,9 +207,20 @@ def main() -> None:
               f"(from iteration {last['deployed_from_iteration']}), "
               f"{res['total_s']:.0f} s")
     if args.compare is not None:
-        old = json.loads(args.compare.read_text())
-        same = figures(json.loads(json.dumps(out))) == figures(old)
-        print(f"figures identical to {args.compare}: {same}")
+        same = compare_runs(json.loads(json.dumps(out)), json.loads(args.compare.read_text()))
+        for seed, identical in same.items():
+            print(f"seed {seed}: figures identical to {args.compare}: {identical}")
+        print(f"all identical: {bool(same) and all(same.values())}")
+
+
+def compare_runs(new: dict[str, Any], old: dict[str, Any]) -> dict[int, bool]:
+    """{seed: figures identical} for the seeds run in both results (empty when config or overrides differ,
+    or no seed is shared)."""
+    if (new["config"], new["overrides"]) != (old["config"], old["overrides"]):
+        return {}
+    earlier = {run["seed"]: run for run in old["runs"]}
+    return {run["seed"]: figures(run) == figures(earlier[run["seed"]]) for run in new["runs"]
+            if run["seed"] in earlier}
 
 
 if __name__ == "__main__":

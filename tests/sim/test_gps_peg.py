@@ -41,3 +41,23 @@ def test_mdgps_peg_insertion_learns_in_a_few_iterations() -> None:
     assert mdgps.fallbacks == []
     assert all(np.all(np.isfinite(r.kl)) for r in reports)
     assert np.mean(reports[-1].policy_distance) < 0.5 * untrained  # type: ignore[arg-type]
+
+
+@pytest.mark.sim
+def test_bench_compare_matches_seeds_and_ignores_only_wall_times() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gps_peg_bench", REPO / "bench/gps_peg.py")
+    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+
+    def run(seed: int, tip: float, wall: float) -> dict:
+        return {"seed": seed, "total_s": wall, "iterations": [{"lg_tip_m": [tip], "wall_s": wall}]}
+
+    old = {"config": "c.yaml", "overrides": {}, "machine": {"cpus": 2},
+           "runs": [run(0, 0.1, 5.0), run(1, 0.2, 6.0)]}
+    repeat = {"config": "c.yaml", "overrides": {}, "machine": {"cpus": 16}, "runs": [run(1, 0.2, 9.0)]}
+    assert bench.compare_runs(repeat, old) == {1: True}  # one seed against a 5-seed run; wall times differ
+    repeat["runs"] = [run(1, 0.2000001, 6.0), run(0, 0.1, 5.0), run(7, 0.1, 5.0)]
+    assert bench.compare_runs(repeat, old) == {1: False, 0: True}
+    assert bench.compare_runs({**repeat, "overrides": {"gps": {"iterations": 1}}}, old) == {}
