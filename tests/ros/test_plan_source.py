@@ -172,3 +172,11 @@ def test_planner_plans_over_the_requested_version_reproducibly(tmp_path: Path) -
         service.plan(PlanRequestData(3, 0, 0, 9, 1, np.zeros(5)))
     with pytest.raises(ShapeError, match="outside"):
         service.plan(PlanRequestData(3, 0, 10, 9, 1, x))
+
+
+def test_plan_age_summary_reports_how_stale_the_executed_plans_were() -> None:
+    from mbpl_ros.sampler_logic import plan_age_summary
+
+    assert plan_age_summary([-1, -1, 0, 1, 3, 0]) == "plan age (steps) median 0.5, max 3, 2 waiting"
+    assert plan_age_summary([0] * 5) == "plan age (steps) median 0, max 0, 0 waiting"
+    assert plan_age_summary([-1, -1]) == "no plan executed, 2 steps waiting"

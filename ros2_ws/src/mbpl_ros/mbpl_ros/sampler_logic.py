@@ -237,6 +237,16 @@ class RobotSetup:
         return reachable_state_box(self.kinematics, self.targets, np.where(np.isnan(v), default_velocity, v))
 
 
+def plan_age_summary(ages: list[int]) -> str:
+    """How stale an MPC trial's plans were: ``ages`` per executed step (t − t0 of the plan used; −1: zero
+    effort while the first plan was awaited). "plan age (steps) median M, max X, W waiting"."""
+    executed = [a for a in ages if a >= 0]
+    if not executed:
+        return f"no plan executed, {len(ages)} steps waiting"
+    return (f"plan age (steps) median {float(np.median(executed)):g}, max {max(executed)}, "
+            f"{len(ages) - len(executed)} waiting")
+
+
 def trial_noise(seed: int, T: int, dU: int, config: NoiseConfig) -> np.ndarray:
     """ε: (T, dU) = generate_noise(T, dU, numpy.random.default_rng(seed), config): the trial's noise."""
     return generate_noise(T, dU, np.random.default_rng(int(seed)), config)
@@ -564,6 +574,7 @@ class SamplerCounters:
     tokens_rejected: int = 0
     plans_received: int = 0
     plans_rejected: int = 0
+    plan_age_max: int = 0
     stale_states: int = 0
     last_reject_reason: str = ""
     last_refuse_reason: str = ""
@@ -654,6 +665,7 @@ class Sampler:
         self.plans = PlanInbox(setup.dU, setup.effort_limits)
         self._queue: deque[QueuedTrial] = deque()
         self._running_id: int | None = None
+        self._plan_ages: list[int] | None = None  # the last MPC trial's plan ages (PlanSource.plan_ages)
         self._consumed_seq = 0
         self._last_state_warning_ns = -NS_PER_S * 10
         self._active: _ActiveTrial | None = None
@@ -859,6 +871,8 @@ class Sampler:
 
     def _report(self, result: TrialResult) -> None:
         what = f"trial {result.request.trial_id} (condition {result.request.condition})"
+        if self._plan_ages is not None:
+            what += f" [{plan_age_summary(self._plan_ages)}]"
         if result.aborted:
             self.counters.trials_aborted += 1
             self.counters.last_abort_reason = f"{what}: {result.abort_reason}"
@@ -882,8 +896,12 @@ class Sampler:
         except Exception as err:  # noqa: BLE001 - e.g. a failed publish: abort the trial, keep serving
             return recorder.result(abort_reason=f"internal error: {err!r}")
         finally:
+            self._plan_ages = None
             if isinstance(queued.source, PlanSource):
                 queued.source.close()
+                self._plan_ages = list(queued.source.plan_ages)
+                executed = [a for a in self._plan_ages if a >= 0]
+                self.counters.plan_age_max = max([self.counters.plan_age_max, *executed])
         return recorder.result()
 
     def offer_plan(self, plan: PlanData | Exception, run_token: str = "") -> bool:
