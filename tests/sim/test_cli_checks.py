@@ -30,7 +30,7 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("ROS_PACKAGE_PATH", raising=False)
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(os.getpid() % 100 + 101))  # tests/ros sessions use 1-100
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(230 + os.getpid() % 3))  # 1-229 are the ROS/e2e tests'
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.setenv("ROS_LOG_DIR", str(tmp_path / "ros_log"))
     return cwd
