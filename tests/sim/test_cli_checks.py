@@ -125,3 +125,21 @@ def test_relative_paths_work_from_another_working_directory(tmp_path: Path, else
     written = yaml.safe_load((run / "config.yaml").read_text())["robot"]
     assert written["description"] == str(PKGS / "demo_arm_description" / "urdf" / "demo_arm.urdf")
     assert written["package_paths"] == [str(PKGS)]
+
+
+@pytest.mark.parametrize("command", ["launch", "train"])
+def test_strict_refuses_what_is_otherwise_a_warning(command: str, tmp_path: Path, elsewhere: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    below = ["--set", "task.conditions={positions: [[0.3, 0.0, -0.05], [0.35, -0.2, 0.25]]}"]
+    run = tmp_path / "run"
+    assert main([command, str(DEMO_YAML), "--run-dir", str(run), "--strict", *below]) == EXIT_USAGE
+    _error_line(capsys.readouterr().err, command,
+                r"--strict: train condition 0: target \[0\.3, 0\.0, -0\.05\] of ee point 0 is below the "
+                r"floor at z = 0\.000 m")
+    assert not run.exists()
+    if command == "train":  # without --strict: the same warning in the log, and the run goes ahead
+        assert main(["train", str(DEMO_YAML), "--run-dir", str(run), "--iterations", "1", *below,
+                     "--set", "task.T=10", "--set", "algorithm.samples_per_condition=2"]) == 0
+        out = capsys.readouterr().out
+        assert "[mbpl] warning: train condition 0: target [0.3, 0.0, -0.05]" in out, out
+        assert (run / "history.json").is_file()
