@@ -46,7 +46,9 @@ from mbpl_core.models.ensemble import transitions_from_trajectories
 from mbpl_core.planning.pets import PlanningEnvironment, UniformRandomPolicy, final_tip_distance
 from mbpl_core.policy import GPSConfig, PolicyParams, save_numpy_policy
 
-MIN_OBS_STD = 1e-3  # as the deployable policy: a nearly constant state entry is centred, not blown up
+# A state entry whose std in the data is below this is constant (e.g. the height of a planar arm's tip): the
+# policy and value only centre it, so a model error there cannot be amplified by 1 / std.
+CONSTANT_STD = 1e-6
 
 
 def _require(ok: bool, name: str, value: object, what: str) -> None:
@@ -61,8 +63,9 @@ class ValueConfig:
     enabled: bootstrap the H-step rollout with V (off: plain BPTT, V ≡ 0); hidden: MLP widths;
     learning_rate: Adam step; batch_size: TD targets per step; warmup_steps: TD steps per iteration before
     the policy steps (then one TD step per policy step); model_ratio: fraction of each TD batch that are
-    model transitions under π (the rest are real transitions of the buffer); target_tau: Polyak rate of
-    the target network.
+    model transitions under π (one-step TD); the rest are real states of the buffer with n-step TD targets
+    along their recorded trial (n = td_steps: faster propagation over a T-step episode than one step);
+    target_tau: Polyak rate of the target network.
     """
 
     enabled: bool = False
@@ -71,7 +74,8 @@ class ValueConfig:
     batch_size: int = 256
     warmup_steps: int = 200
     model_ratio: float = 0.5
-    target_tau: float = 0.02
+    td_steps: int = 10
+    target_tau: float = 0.05
 
     def __post_init__(self) -> None:
         _require(len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "value.hidden", self.hidden,
@@ -80,6 +84,7 @@ class ValueConfig:
         _require(self.batch_size >= 1, "value.batch_size", self.batch_size, ">= 1")
         _require(self.warmup_steps >= 0, "value.warmup_steps", self.warmup_steps, ">= 0")
         _require(0.0 <= self.model_ratio <= 1.0, "value.model_ratio", self.model_ratio, "in [0, 1]")
+        _require(self.td_steps >= 1, "value.td_steps", self.td_steps, ">= 1")
         _require(0.0 < self.target_tau <= 1.0, "value.target_tau", self.target_tau, "in (0, 1]")
 
 
@@ -138,11 +143,13 @@ class BPTTConfig:
 
 
 def fit_obs_normalisation(net: nn.Module, X: np.ndarray) -> None:
-    """Set a network's obs_mean, obs_std buffers (dX,) from states X (N, dX) (std floored at MIN_OBS_STD)."""
+    """Set a network's obs_mean, obs_std buffers (dX,) from states X (N, dX); constant entries get std 1."""
     X = np.asarray(X, dtype=np.float64)
+    std = X.std(axis=0)
+    std[std < CONSTANT_STD] = 1.0
     with torch.no_grad():
         net.obs_mean.copy_(torch.as_tensor(X.mean(axis=0)))
-        net.obs_std.copy_(torch.as_tensor(np.maximum(X.std(axis=0), MIN_OBS_STD)))
+        net.obs_std.copy_(torch.as_tensor(std))
 
 
 def _mlp(sizes: Sequence[int], generator: torch.Generator, dtype: torch.dtype) -> nn.ModuleList:
@@ -180,7 +187,8 @@ class SquashedMLPPolicy(nn.Module):
             self.layers[-1].bias.zero_()
         self.register_buffer("obs_mean", torch.zeros(dX, dtype=dtype))
         self.register_buffer("obs_std", torch.ones(dX, dtype=dtype))
-        self.register_buffer("action_scale", torch.as_tensor(np.asarray(action_scale), dtype=dtype))
+        scale = torch.tensor(np.asarray(action_scale, dtype=np.float64), dtype=dtype)
+        self.register_buffer("action_scale", scale)
         self.register_buffer("action_bias", torch.zeros(dU, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -226,21 +234,25 @@ def terminal_value(value: ValueNetwork | None, x: Tensor, t: Tensor, T: int) -> 
 
 
 def model_step(model: ProbabilisticEnsemble, x: Tensor, u: Tensor, noise: Tensor | None,
-               members: Sequence[int] | Tensor | None) -> Tensor:
-    """x_next = x + denorm(μ + exp(½ logvar) ⊙ ε) per member: x (E, M, dX), u (E, M, dU), ε (E, M, dX).
+               members: Sequence[int] | Tensor | None, moving: Tensor | None = None) -> Tensor:
+    """x_next = x + m ⊙ denorm(μ + exp(½ logvar) ⊙ ε) per member: x (E, M, dX), u (E, M, dU), ε (E, M, dX).
 
     The reparameterised form of :meth:`ProbabilisticEnsemble.step` with the draws ε given (None: the
     mean), in the dtype of the model's parameters (so a float64 copy of the ensemble runs in float64).
+    moving m (dX,) 0/1: the entries that ever changed in the data (None: all); the others stay put, as
+    they did on the robot, instead of drifting by the model's error and noise.
     """
     xu = model.input_normaliser.normalise(torch.cat([x, u], dim=-1))
     mean, logvar = model(xu, members)
     if noise is not None:
         mean = mean + torch.exp(0.5 * logvar) * noise
-    return x + model.target_normaliser.denormalise(mean)
+    delta = model.target_normaliser.denormalise(mean)
+    return x + (delta if moving is None else moving * delta)
 
 
 def model_rollout(model: ProbabilisticEnsemble, policy: nn.Module, x0: Tensor, H: int,
-                  noise: Tensor | None, members: Sequence[int] | None) -> tuple[Tensor, Tensor]:
+                  noise: Tensor | None, members: Sequence[int] | None,
+                  moving: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Closed-loop rollout u_h = π(x_h), x_{h+1} = model_step: x0 (E, M, dX), noise (H, E, M, dX) | None.
 
     Returns X (E, M, H + 1, dX) (X[..., 0, :] = x0) and U (E, M, H, dU), differentiable in the policy's
@@ -250,7 +262,7 @@ def model_rollout(model: ProbabilisticEnsemble, policy: nn.Module, x0: Tensor, H
     x = x0
     for h in range(H):
         u = policy(x)
-        x = model_step(model, x, u, None if noise is None else noise[h], members)
+        x = model_step(model, x, u, None if noise is None else noise[h], members, moving)
         xs.append(x)
         us.append(u)
     return torch.stack(xs, dim=-2), torch.stack(us, dim=-2)
@@ -274,14 +286,15 @@ def piece_costs(cost: Cost, X: Tensor, U: Tensor, t0: Tensor, T: int) -> Tensor:
 
 def bptt_objective(model: ProbabilisticEnsemble, policy: nn.Module, cost: Cost, x0: Tensor, t0: Tensor,
                    T: int, H: int, noise: Tensor | None, members: Sequence[int] | None,
-                   value: ValueNetwork | None = None) -> Tensor:
+                   value: ValueNetwork | None = None, moving: Tensor | None = None) -> Tensor:
     """J_H: mean over the E M rollouts of Σ_h l_{t0+h} + V(x_H, t0 + H) (module docstring). Scalar.
 
     x0 (E, M, dX) start states at steps t0 (E, M); noise (H, E, M, dX) | None; members: the E members
-    (None: all). Rollouts that reach the episode end stop counting there (their V is 0).
+    (None: all); moving as in :func:`model_step`. Rollouts that reach the episode end stop counting there
+    (their V is 0).
     """
     E, M, dX = x0.shape
-    X, U = model_rollout(model, policy, x0, H, noise, members)
+    X, U = model_rollout(model, policy, x0, H, noise, members, moving)
     t0_flat = t0.reshape(-1)
     running = piece_costs(cost, X[..., :H, :].reshape(E * M, H, dX), U.reshape(E * M, H, -1), t0_flat, T)
     tail = terminal_value(value, X[..., H, :].reshape(E * M, dX), t0_flat + H, T)
@@ -391,6 +404,7 @@ class BPTT:
         self.reports: list[BPTTIterationReport] = []
         self.env_steps = 0
         self._normalised = False
+        self.moving: Tensor | None = None  # (dX,) 1 for the state entries that ever changed in the data
 
     # ------------------------------------------------------------------ data
 
@@ -419,6 +433,11 @@ class BPTT:
                 if net is not None:
                     fit_obs_normalisation(net, X)
             self._normalised = True
+        delta = X_next - X
+        moving = (delta.std(axis=0) > CONSTANT_STD) | (np.abs(delta.mean(axis=0)) > CONSTANT_STD)
+        self.moving = torch.as_tensor(moving, dtype=next(self.policy.parameters()).dtype, device=self.device)
+        self._real_states = np.concatenate([b.X for b in self.data])
+        self._real_costs = np.stack([self.cost.evaluate(b.X[0], b.U[0]).l for b in self.data])
         self.model.requires_grad_(True)
         with self._threads():
             report = train_ensemble(self.model, X, U, X_next, self.config.model, self.rng)
@@ -461,7 +480,7 @@ class BPTT:
         noise = self.draw_noise(H, tuple(x0.shape))
         value = self.value if use_value else None
         return bptt_objective(self.model, self.policy, self.cost, x0, t0, self.env.T, H, noise,
-                              list(self.elites), value)
+                              list(self.elites), value, self.moving)
 
     # ------------------------------------------------------------------ training
 
@@ -495,29 +514,38 @@ class BPTT:
 
     @torch.no_grad()
     def _td_targets(self, n_real: int, n_model: int) -> tuple[Tensor, Tensor, Tensor]:
-        """States x (n, dX), steps t (n,) and TD targets (n,): real rows use the recorded (u_t, x_{t+1}),
-        model rows u = π(x_t) and one model step; V'(·, T) = 0."""
-        X = np.concatenate([b.X for b in self.data])
-        U = np.concatenate([b.U for b in self.data])
+        """States x (n, dX), steps t (n,) and TD targets (n,); V'(·, t ≥ T) = 0.
+
+        Real rows (trial i, step t): the n-step target Σ_{k<n} l_{t+k} + V'(x_{t+n}, t + n) along the
+        recorded trial (n = value.td_steps, cut at the episode end). Model rows: u = π(x_t), one model
+        step, l_t(x_t, u) + V'(x_{t+1}, t + 1).
+        """
+        X, L = self._real_states, self._real_costs  # (n, T, dX), (n, T)
         n, T, _ = X.shape
         dtype = next(self.policy.parameters()).dtype
-        as_t = lambda a: torch.as_tensor(a, dtype=dtype, device=self.device)  # noqa: E731
         rows, steps = self.rng.integers(0, n, n_real + n_model), self.rng.integers(0, T, n_real + n_model)
-        x, t = as_t(X[rows, steps]), torch.as_tensor(steps, device=self.device)
-        u = as_t(U[rows, steps])
-        x_next = as_t(X[rows, np.minimum(steps + 1, T - 1)])
-        if n_model:
-            E = len(self.elites)
-            xm = x[n_real:]
-            um = self.policy(xm)
-            members = torch.as_tensor(self.rng.integers(0, E, n_model), device=self.device)
-            noise = self.draw_noise(1, (n_model, 1, self.env.dX))
-            nxt = model_step(self.model, xm[:, None], um[:, None], None if noise is None else noise[0],
-                             torch.as_tensor(self.elites, device=self.device)[members])
-            u = torch.cat([u[:n_real], um])
-            x_next = torch.cat([x_next[:n_real], nxt[:, 0]])
-        l = piece_costs(self.cost, x[:, None], u[:, None], t, T)[:, 0]
-        return x, t, l + terminal_value(self.value_target, x_next, t + 1, T)
+        x = torch.as_tensor(X[rows, steps], dtype=dtype, device=self.device)
+        t = torch.as_tensor(steps, device=self.device)
+        k = self.config.value.td_steps
+        r_rows, r_steps = rows[:n_real], steps[:n_real]
+        window = r_steps[:, None] + np.arange(k)
+        inside = window < T
+        returns = np.where(inside, L[r_rows[:, None], np.minimum(window, T - 1)], 0.0).sum(axis=1)
+        boot_step = r_steps + k
+        boot_x = torch.as_tensor(X[r_rows, np.minimum(boot_step, T - 1)], dtype=dtype, device=self.device)
+        real = torch.as_tensor(returns, dtype=dtype, device=self.device) + terminal_value(
+            self.value_target, boot_x, torch.as_tensor(boot_step, device=self.device), T)
+        if not n_model:
+            return x, t, real
+        xm, tm = x[n_real:], t[n_real:]
+        um = self.policy(xm)
+        members = torch.as_tensor(self.elites, device=self.device)[
+            torch.as_tensor(self.rng.integers(0, len(self.elites), n_model), device=self.device)]
+        noise = self.draw_noise(1, (n_model, 1, self.env.dX))
+        nxt = model_step(self.model, xm[:, None], um[:, None], None if noise is None else noise[0], members,
+                         self.moving)[:, 0]
+        l = piece_costs(self.cost, xm[:, None], um[:, None], tm, T)[:, 0]
+        return x, t, torch.cat([real, l + terminal_value(self.value_target, nxt, tm + 1, T)])
 
     def train_policy(self) -> tuple[float, float, float, float]:
         """Value warm-up, then G policy steps (each after one TD step when there is a value).
@@ -602,13 +630,18 @@ def policy_to_params(policy: SquashedMLPPolicy, action_std: np.ndarray) -> Polic
                         action_bias=policy.action_bias.double().cpu().numpy())
 
 
+def deployable_params(learner: BPTT) -> PolicyParams:
+    """The learner's policy as PolicyParams; action_covar: its exploration noise (floored, so PD)."""
+    std = learner.config.exploration_std * np.asarray(learner.env.effort_limits, dtype=np.float64)
+    return policy_to_params(learner.policy, np.maximum(std, 1e-6))
+
+
 def save_policy(folder: Any, learner: BPTT) -> Any:
     """Write ``<folder>/policy.npz`` (numpy deployment pass, loadable by the sampler and ``mbpl eval``)."""
     c = learner.config
-    std = c.exploration_std * np.asarray(learner.env.effort_limits, dtype=np.float64)
-    params = policy_to_params(learner.policy, np.maximum(std, 1e-6))
-    return save_numpy_policy(folder, params, GPSConfig(hidden_sizes=c.hidden_sizes, activation=c.activation,
-                                                       device="cpu", seed=c.seed))
+    return save_numpy_policy(folder, deployable_params(learner),
+                             GPSConfig(hidden_sizes=c.hidden_sizes, activation=c.activation, device="cpu",
+                                       seed=c.seed))
 
 
 # --------------------------------------------------------------------------------- measurements
@@ -619,7 +652,7 @@ def flat_policy_gradient(learner: BPTT, x0: Tensor, t0: Tensor, H: int, noise: T
     """∂J_H/∂θ (n_params,) for given start states, steps and draws (float64 numpy)."""
     learner.policy.zero_grad(set_to_none=True)
     J = bptt_objective(learner.model, learner.policy, learner.cost, x0, t0, learner.env.T, H, noise,
-                       list(learner.elites), learner.value if use_value else None)
+                       list(learner.elites), learner.value if use_value else None, learner.moving)
     grads = torch.autograd.grad(J, list(learner.policy.parameters()), allow_unused=True)
     parts = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, learner.policy.parameters(),
                                                                     strict=True)]
@@ -663,13 +696,14 @@ def gradient_statistics(learner: BPTT, horizons: Sequence[int], batches: int = 1
 
 
 def step_jacobians(model: ProbabilisticEnsemble, policy: nn.Module | None, x: Tensor, u: Tensor | None,
-                   noise: Tensor | None, members: Sequence[int] | None) -> Tensor:
+                   noise: Tensor | None, members: Sequence[int] | None,
+                   moving: Tensor | None = None) -> Tensor:
     """dx_{h+1}/dx_h (E, M, dX, dX) at x (E, M, dX): closed loop (u = π(x), policy given) or open loop
     (u fixed). Rows are independent, so row i of every Jacobian is one backward pass of Σ x_{h+1, i}."""
     x = x.detach().requires_grad_(True)
     a = policy(x) if policy is not None else u
     assert a is not None
-    nxt = model_step(model, x, a, noise, members)
+    nxt = model_step(model, x, a, noise, members, moving)
     rows = [torch.autograd.grad(nxt[..., i].sum(), x, retain_graph=True)[0] for i in range(x.shape[-1])]
     return torch.stack(rows, dim=-2)
 
@@ -691,9 +725,10 @@ def jacobian_spectrum(learner: BPTT, H_max: int, rollouts: int = 20,
         eps = None if noise is None else noise[h]
         with torch.no_grad():
             u = learner.policy(x)
-        J = step_jacobians(learner.model, learner.policy if closed_loop else None, x, u, eps, members)
+        J = step_jacobians(learner.model, learner.policy if closed_loop else None, x, u, eps, members,
+                           learner.moving)
         P = J.double() @ P
         sigmas.append(torch.linalg.matrix_norm(P, ord=2).reshape(-1))
         with torch.no_grad():
-            x = model_step(learner.model, x, u, eps, members)
+            x = model_step(learner.model, x, u, eps, members, learner.moving)
     return torch.stack(sigmas, dim=1).cpu().numpy()

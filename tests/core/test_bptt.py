@@ -27,9 +27,11 @@ from mbpl_core.learners.bptt import (
     ValueNetwork,
     bptt_objective,
     fit_obs_normalisation,
+    model_rollout,
     model_step,
     piece_costs,
     policy_to_params,
+    terminal_value,
 )
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble
 from mbpl_core.planning.pets import trajectory_costs
@@ -233,9 +235,34 @@ def test_terminal_value_is_zero_once_the_episode_is_over() -> None:
         value.layers[-1].bias.fill_(5.0)  # V clearly non-zero everywhere
     x = torch.ones((4, 4), dtype=torch.float64)
     t = torch.tensor([9, 10, 11, 0])
-    from mbpl_core.learners.bptt import terminal_value
-
     v = terminal_value(value, x, t, 10)
     assert float(v[1]) == 0.0 and float(v[2]) == 0.0
     torch.testing.assert_close(v[[0, 3]], value(x[[0, 3]], t[[0, 3]]))
     assert float(v[0]) != 0.0
+
+
+def test_entries_constant_in_the_data_stay_constant_in_model_rollouts() -> None:
+    """The point mass's data never moves joint 3 (its targets' z = 0 and actions 0 there): BPTT's model
+    must not let that entry drift by the members' noise (which the policy would see amplified)."""
+    env = PointMassEnv([[0.5, 0.3, 0.0]], T=10)
+
+    class Planar:
+        def __init__(self, rng: np.random.Generator) -> None:
+            self.rng = rng
+
+        def act(self, t: int, x: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+            return np.array([*self.rng.uniform(-2, 2, 2), 0.0])
+
+    model = EnsembleConfig(members=5, elites=5, hidden=(16,), max_epochs=5, device="cpu")
+    learner = BPTT(env, point_cost(), _point_mass_config(iterations=0, model=model))
+    for _ in range(4):
+        learner._collect(Planar(learner.rng), 0)
+    learner.fit_model()
+    fixed = [2, 5, 8, 11]  # q_z, qd_z, (q − target)_z, ee velocity z
+    assert learner.moving is not None and not learner.moving[fixed].any() and learner.moving.sum() == 8
+    x0, _ = learner.start_batch(10)
+    noise = torch.randn((5, *x0.shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        X, _ = model_rollout(learner.model, learner.policy, x0, 5, noise, list(learner.elites),
+                             learner.moving)
+    torch.testing.assert_close(X[..., fixed], x0[:, :, None, fixed].expand(-1, -1, 6, -1))
