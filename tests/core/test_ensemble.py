@@ -379,3 +379,49 @@ def test_shape_and_config_errors() -> None:
         X, U, X_next = random_transitions(np.random.default_rng(0), 20)
         train_ensemble(model, X, U, X_next, dataclasses.replace(TINY_CONFIG, members=4),
                        np.random.default_rng(0))
+
+
+# ----------------------------------------------------------------------------- data split and resampling
+
+
+def test_held_out_rows_never_reach_training() -> None:
+    """Same seed, so the same split: corrupting exactly the held-out rows leaves every epoch's training
+    NLL bit-identical (no early stop within the epochs), while corrupting one training row changes it."""
+    config = dataclasses.replace(TINY_CONFIG, max_epochs=3, patience=10, holdout_ratio=0.2)
+    X, U, X_next = random_transitions(np.random.default_rng(123), 200)
+
+    def train(targets: np.ndarray) -> TrainReport:
+        rng = np.random.default_rng(11)
+        return train_ensemble(ProbabilisticEnsemble(3, 2, config, rng), X, U, targets, config, rng)
+
+    clean = train(X_next)
+    rows = np.array(clean.holdout_indices)
+    assert rows.size == 40 and clean.epochs == 3
+    held_out_corrupted = X_next.copy()
+    held_out_corrupted[rows] += 100.0
+    report = train(held_out_corrupted)
+    assert report.holdout_indices == clean.holdout_indices
+    assert report.train_nll == clean.train_nll
+    assert report.holdout_nll != clean.holdout_nll  # the corruption is seen where it belongs
+    train_corrupted = X_next.copy()
+    train_corrupted[np.setdiff1d(np.arange(200), rows)[0]] += 100.0
+    assert train(train_corrupted).train_nll != clean.train_nll
+
+
+def test_each_member_trains_on_its_own_bootstrap_resample() -> None:
+    """Members made identical before training, one minibatch per epoch (row order cannot matter): they
+    move apart by a good part of how far they move, which only different resamples can cause."""
+    config = dataclasses.replace(TINY_CONFIG, members=3, elites=3, batch_size=10_000, max_epochs=3,
+                                 holdout_ratio=0.0)
+    rng = np.random.default_rng(12)
+    model = ProbabilisticEnsemble(3, 2, config, rng)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p[:1].expand_as(p))
+    before = model.layers[0].weight.detach().clone()
+    X, U, X_next = random_transitions(np.random.default_rng(123), 300)
+    train_ensemble(model, X, U, X_next, config, rng)
+    after = model.layers[0].weight.detach()
+    moved = float((after - before).abs().max())
+    spread = float((after[1:] - after[0]).abs().max())
+    assert moved > 0 and spread > 0.1 * moved, (moved, spread)

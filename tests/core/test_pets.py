@@ -10,6 +10,8 @@ policy matching a known linear expert.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,70 @@ def test_action_limits_bound_the_random_trials_and_the_plans_within_the_effort_l
     mpc_U = pets.data[-1].U[0]
     assert np.all(np.abs(random_U) <= box) and np.all(random_U.max(axis=0) > 0.8 * box)
     assert np.all(np.abs(mpc_U) <= box + 1e-12)
+
+
+# ---------------------------------------------------------------- tests added for mutation survivors
+
+
+def _tiny_config(**model: object) -> PETSConfig:
+    params: dict[str, object] = {"members": 4, "elites": 2, "hidden": (16,), "max_epochs": 3, "device": "cpu"}
+    params.update(model)
+    return PETSConfig(iterations=1, random_trials=2, seed=1, model=EnsembleConfig(**params),  # type: ignore[arg-type]
+                      planner=PlannerConfig(horizon=3, population=10, elites=2, iterations=1, particles=2),
+                      distill=DistillConfig(enabled=False))
+
+
+def test_the_planner_runs_on_the_elites_of_the_latest_fit() -> None:
+    """Oracle: row block b of the planner's model steps exactly as elite member elites[b] alone does."""
+    env = PointMassEnv([[0.5, 0.0, 0.0]])
+    pets = PETS(env, point_cost(), _tiny_config())
+    pets.collect_random()
+    pets.fit_model()
+    elites = pets.model.elite_indices
+    assert elites != (0, 1), "this seed's fit must change the elites from the initial first members"
+    g = torch.Generator().manual_seed(0)
+    x, u = torch.randn(2, 5, env.dX, generator=g), torch.randn(2, 5, env.dU, generator=g)
+    with torch.no_grad():
+        got = pets.mpc.model.step(x, u, sample=False)
+        for b, member in enumerate(elites):
+            alone = pets.model.step(x[b:b + 1], u[b:b + 1], sample=False, members=[member])
+            torch.testing.assert_close(got[b:b + 1], alone)
+
+
+def test_particles_must_split_evenly_over_the_elites_not_all_members() -> None:
+    from mbpl_core.config import ConfigError
+
+    model = EnsembleConfig(members=5, elites=2)
+    PETSConfig(model=model, planner=PlannerConfig(particles=4))
+    with pytest.raises(ConfigError, match="multiple of pets.model.elites"):
+        PETSConfig(model=model, planner=PlannerConfig(particles=5))
+
+
+def test_continue_retrains_from_the_last_weights_and_scratch_from_fresh_ones() -> None:
+    """Two fits on the same data: 'continue' starts the second where the first ended (its first epoch's
+    held-out NLL is already near the first fit's best), 'scratch' starts over (near the first fit's
+    first epoch)."""
+    first_epoch = {}
+    for retrain in ("continue", "scratch"):
+        env = PointMassEnv([[0.5, 0.0, 0.0], [0.0, -0.4, 0.2]])
+        config = _tiny_config(members=2, hidden=(32, 32), max_epochs=15, patience=100, batch_size=8)
+        pets = PETS(env, point_cost(), dataclasses.replace(config, retrain=retrain))
+        pets.collect_random()
+        first, second = pets.fit_model(), pets.fit_model()
+        start, best = float(np.mean(first.holdout_nll[0])), first.elite_holdout_nll
+        assert best < start - 1.0, "the first fit must learn something for the comparison to mean anything"
+        first_epoch[retrain] = (float(np.mean(second.holdout_nll[0])) - best) / (start - best)
+    assert first_epoch["continue"] < 0.3 and first_epoch["scratch"] > 0.7, first_epoch
+
+
+def test_distilled_policy_covariance_is_the_action_scale_times_the_limits_squared() -> None:
+    """Λ = diag(1 / (scale · limits)²) weights the loss, so the policy's covariance is (scale · limits)²
+    per joint -- with joints of different limits."""
+    env = PointMassEnv([[0.5, 0.0, 0.0]])
+    env.effort_limits = np.array([2.0, 1.0, 0.5])
+    expert = LinearExpert()
+    config = DistillConfig(rounds=0, action_scale=0.1,
+                           policy=GPSConfig(hidden_sizes=(8,), iterations=10, device="cpu"))
+    policy, _ = distill_planner(env, expert, [env.sample(expert, 0)], env.effort_limits, config)
+    np.testing.assert_allclose(policy.action_covar, np.diag((0.1 * env.effort_limits) ** 2), rtol=1e-5,
+                               atol=1e-12)

@@ -399,3 +399,74 @@ def test_the_probabilistic_ensemble_is_a_model_the_planner_runs_on() -> None:
         plans.append(mpc.plan(X0_LQR, 0))
         assert np.isfinite(plans[-1].predicted_cost) and plans[-1].actions.shape == (4, 2)
     assert np.array_equal(plans[0].actions, plans[1].actions)
+
+
+# ---------------------------------------------------------------- tests added for mutation survivors
+
+
+def test_random_shooting_covers_the_whole_box_uniformly() -> None:
+    """An asymmetric box: every candidate lies inside it, and per coordinate the population reaches both
+    ends and has the uniform distribution's mean (lower + upper)/2 and std (upper − lower)/√12."""
+    lower = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    upper = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    seen: list[torch.Tensor] = []
+
+    def objective(U: torch.Tensor) -> torch.Tensor:
+        seen.append(U.clone())
+        return (U**2).sum(dim=(1, 2))
+
+    N = 4000
+    RandomShootingOptimizer(PlannerConfig(method="random", population=N), lower, upper).optimize(
+        objective, torch.zeros(3, 2, dtype=torch.float64), torch.Generator().manual_seed(0))
+    U = seen[0][1:].reshape(-1, 2)  # candidate 0 is the warm start
+    assert bool(torch.all((U >= lower) & (U <= upper)))
+    width = upper - lower
+    assert bool(torch.all(U.min(dim=0).values < lower + 0.01 * width))
+    assert bool(torch.all(U.max(dim=0).values > upper - 0.01 * width))
+    sigma = width / np.sqrt(12.0)
+    assert bool(torch.all((U.mean(dim=0) - (lower + upper) / 2).abs() < 5 * sigma / np.sqrt(U.shape[0])))
+    np.testing.assert_allclose(U.std(dim=0).numpy(), sigma.numpy(), rtol=0.05)
+
+
+def test_optimizers_never_pick_a_candidate_whose_cost_is_nan() -> None:
+    """An objective that is NaN on every other candidate (an invalid model prediction): the result is the
+    cheapest finite candidate evaluated, with a finite cost."""
+    lower, upper = -torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    target = torch.tensor([[0.3, -0.2], [0.5, 0.1]], dtype=torch.float64)
+    finite: list[float] = []
+
+    def objective(U: torch.Tensor) -> torch.Tensor:
+        costs = ((U - target) ** 2).sum(dim=(1, 2))
+        costs[1::2] = float("nan")
+        finite.extend(costs[0::2].tolist())
+        return costs
+
+    for opt in (CEMOptimizer(PlannerConfig(population=40, elites=4, iterations=3), lower, upper),
+                RandomShootingOptimizer(PlannerConfig(method="random", population=40), lower, upper)):
+        finite.clear()
+        start = torch.zeros(2, 2, dtype=torch.float64)
+        result = opt.optimize(objective, start, torch.Generator().manual_seed(2))
+        assert np.isfinite(result.cost) and result.cost == min(finite)
+        assert float(((result.actions - target) ** 2).sum()) == result.cost
+
+
+def test_without_model_sampling_noisy_members_give_their_mean_rollouts() -> None:
+    """sample=False on members with noise: every particle follows its member's noiseless rollout, and the
+    expected cost is the noiseless oracle's -- with or without a generator."""
+    rng = np.random.default_rng(10)
+    B, P, N, H, dX, dU, T = 2, 4, 3, 3, 3, 2, 8
+    base = distinct_members(rng, B, dX, dU)
+    noisy = LinearEnsemble(base.A.numpy(), base.Bu.numpy(), base.c.numpy(), noise_std=0.5)
+    x0, U = rng.normal(size=dX), rng.normal(size=(N, H, dU))
+    for generator in (None, torch.Generator().manual_seed(0)):
+        states = particles_by_candidate(rollout_particles(noisy, torch.from_numpy(x0), torch.from_numpy(U), P,
+                                                          generator, sample=False)).numpy()
+        for n in range(N):
+            for p in range(P):
+                expected = base.rollout_member(member_of_particle(p, B), x0, U[n])
+                np.testing.assert_allclose(states[n, p], expected, rtol=1e-12, atol=1e-12)
+    cost = SumCost(((1.0, StateCost(np.ones(dX), np.zeros(dX), "linear", 3.0)),
+                    (0.2, ActionCost(np.ones(dU)))))
+    got = expected_costs(noisy, cost, torch.from_numpy(x0), torch.from_numpy(U), 1, T, P, sample=False)
+    oracle = _per_trajectory_expected_cost(base, cost, x0, U, 1, T, P)
+    np.testing.assert_allclose(got.numpy(), oracle, rtol=1e-12)

@@ -3,6 +3,7 @@ random efforts; and the model/planner logic: idempotent persisted fits, versione
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 
 from mbpl_core.containers import SampleBatch, ShapeError
-from mbpl_core.costs import ActionCost
+from mbpl_core.costs import ActionCost, StateCost
 from mbpl_core.models import EnsembleConfig
 from mbpl_core.planning import PlannerConfig
 from mbpl_core.planning.distill import DistillConfig
-from mbpl_core.planning.pets import PETSConfig
+from mbpl_core.planning.mpc import MPCController
+from mbpl_core.planning.pets import EliteModel, PETSConfig
 from mbpl_ros.model_logic import PlannerService, fit_model, model_condition, model_path
 from mbpl_ros.plan_source import (
     PlanAbortError,
@@ -180,3 +182,61 @@ def test_plan_age_summary_reports_how_stale_the_executed_plans_were() -> None:
     assert plan_age_summary([-1, -1, 0, 1, 3, 0]) == "plan age (steps) median 0.5, max 3, 2 waiting"
     assert plan_age_summary([0] * 5) == "plan age (steps) median 0, max 0, 0 waiting"
     assert plan_age_summary([-1, -1]) == "no plan executed, 2 steps waiting"
+
+
+def test_realtime_never_reads_past_a_plans_last_action() -> None:
+    """A plan of h = 3 actions from step 0 covers steps 0..2: with max_plan_age = 10 (longer than the
+    plan) step 3 has no fresh action -> zero effort while t <= max_plan_age, and past it an abort."""
+    inbox, sent = PlanInbox(2, LIMITS), []
+    source = _source(inbox, False, sent, max_age=10)
+    x = np.zeros(4)
+    source.act(0, x)
+    short = plan(7, 0, h=3)
+    inbox.offer(short)
+    for t in (1, 2):
+        np.testing.assert_array_equal(source.act(t, x), short.actions[t])
+    np.testing.assert_array_equal(source.act(3, x), [0.0, 0.0])
+    assert source.plan_ages == [-1, 1, 2, -1]
+    late = _source(PlanInbox(2, LIMITS), False, [], max_age=2)
+    late.act(0, x)
+    late.inbox.offer(plan(7, 0, h=2))
+    late.act(1, x)
+    np.testing.assert_array_equal(late.act(2, x), [0.0, 0.0])  # age 2 = h: not an action of the plan
+    with pytest.raises(PlanAbortError, match="stale plan at step 3"):
+        late.act(3, x)
+
+
+def _state_cost_config() -> tuple[PETSConfig, StateCost]:
+    """A deterministic planner (model means) and a cost whose optimum is not zero effort, so plans depend
+    on the planner's random draws and its warm start."""
+    config = small_config()
+    planner = PlannerConfig(method="random", horizon=4, population=20, elites=4, particles=2,
+                            sample_model=False)
+    cost = StateCost(np.ones(4), np.array([2.0, -1.0, 0.5, 0.0]))
+    return dataclasses.replace(config, planner=planner), cost
+
+
+def test_planner_seeds_each_trial_from_its_request_and_keeps_the_warm_start(tmp_path: Path) -> None:
+    """Oracle: one MPCController over the same model version seeded with the request's seed, planning the
+    trial's steps in order. Another seed gives another plan; step 1 of a trial continues that controller
+    (generator advanced, warm start kept) rather than starting afresh."""
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "model"
+    config, cost = _state_cost_config()
+    fit_model(model_condition(folder, 4, 2, config), 0, batch(rng), folder)
+    service = PlannerService(folder, cost, 4, LIMITS, 10, config)
+    x0, x1 = np.array([0.1, -0.2, 0.3, 0.0]), np.array([0.2, -0.1, 0.2, 0.1])
+
+    def controller(seed: int) -> MPCController:
+        return MPCController(EliteModel(service.model(1)), cost, LIMITS, 10,
+                             dataclasses.replace(config.planner, seed=seed))
+
+    oracle = controller(9)
+    expected = [oracle.plan(x0, 0).actions, oracle.plan(x1, 1).actions]
+    got = [service.plan(PlanRequestData(5, 0, t, 9, 1, x)).actions for t, x in ((0, x0), (1, x1))]
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert not np.array_equal(got[1], controller(9).plan(x1, 1).actions), "a fresh controller differs"
+    other = service.plan(PlanRequestData(6, 0, 0, 10, 1, x0)).actions
+    np.testing.assert_array_equal(other, controller(10).plan(x0, 0).actions)
+    assert not np.array_equal(other, got[0])
