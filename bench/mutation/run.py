@@ -211,7 +211,10 @@ def summarise(outcomes: list[Outcome]) -> dict[str, object]:
             "core_score": core_killed / len(core) if core else float("nan"), "core_killed": core_killed,
             "core_non_equivalent": len(core),
             "equivalent": sum(o.status == "equivalent" for o in outcomes),
-            "stale": sum(o.status == "stale" for o in outcomes), "by_file": by_file}
+            "stale": sum(o.status == "stale" for o in outcomes),
+            "killed_by_timeout": sum(o.status == "killed" and o.detail.startswith("timed out")
+                                     for o in outcomes),
+            "by_file": by_file}
 
 
 def main() -> int:
@@ -282,6 +285,9 @@ def main() -> int:
           f"non-equivalent mutants killed ({summary['equivalent']} equivalent, {summary['stale']} stale) "
           f"in {summary['wall_s']} s; mbpl_core: {summary['core_killed']}/{summary['core_non_equivalent']} = "
           f"{summary['core_score']:.1%}")
+    if summary["killed_by_timeout"]:
+        print(f"  {summary['killed_by_timeout']} killed only by the timeout: on a loaded machine that may be "
+              "the load, not the mutant (rerun them with --only)")
     for o in outcomes:
         if o.status in ("survived", "equivalent", "stale", "wrongly-equivalent"):
             print(f"  {o.status:18s} {o.id:36s} {o.file}: {o.note} -- {o.detail}")
