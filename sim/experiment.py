@@ -28,6 +28,8 @@ METHOD_SECTIONS: dict[str, tuple[str, str] | None] = {
     "lqr_flm": None,
     "mdgps": ("gps", "mbpl_core.policy:GPSConfig"),
     "pets": ("pets", "mbpl_core.planning.pets:PETSConfig"),
+    "sac": ("sac", "mbpl_core.learners.sac:SACConfig"),
+    "mbpo": ("mbpo", "mbpl_core.learners.mbpo:MBPOConfig"),
 }
 METHODS = tuple(METHOD_SECTIONS)
 METHOD_ONLY_SECTIONS = tuple(sorted({v[0] for v in METHOD_SECTIONS.values() if v is not None} - {"gps"}))
