@@ -118,16 +118,23 @@ def test_each_method_gets_its_learning_nodes(tmp_path: Path) -> None:
 
 
 def test_ros_section_options_and_errors(tmp_path: Path) -> None:
-    ros = {"lockstep": False, "sim": False, "respawn": ["fitting"], "nodes": {"ilqr": {"workers": 2}}}
+    ros = {"lockstep": False, "sim": False, "respawn": ["fitting"],
+           "nodes": {"ilqr": {"keep_results": 2, "use_sim_time": True}}}
     raw = {"ros": ros}
     specs = {s.name: s for s in graph_from_experiment(tmp_path / "x.yaml", raw)}
     assert "sim" not in specs and specs["sampler"].parameters["mode"] == "realtime"
-    assert specs["fitting"].respawn and specs["ilqr"].parameters["workers"] == 2
+    assert specs["fitting"].respawn and specs["ilqr"].parameters["keep_results"] == 2
     for bad, reason in (
         ({"lockstep": 1}, "true/false"),
         ({"respawn": ["trainer"]}, "cannot respawn"),
         ({"nodes": {"optimizer": {}}}, "unknown node"),
         ({"lockstep_typo": True}, "unknown key"),
+        # node parameters are checked against the node's schema: ROS itself would ignore a typo
+        ({"nodes": {"sampler": {"rate_hzz": 5}}}, r"ros\.nodes\.sampler: unknown key\(s\) \['rate_hzz'\]"),
+        ({"nodes": {"sim": {"realtime_rate": "fast"}}}, r"ros\.nodes\.sim\.realtime_rate: expected a number"),
+        ({"nodes": {"trainer": {"max_attempts": 0}}}, r"ros\.nodes\.trainer: trainer node: max_attempts"),
+        ({"nodes": {"fitting": {"use_sim_time": 1}}}, r"ros\.nodes\.fitting\.use_sim_time: expected bool"),
+        ({"nodes": {"planner": 3}}, r"ros\.nodes\.planner: expected a mapping"),
     ):
         with pytest.raises(ConfigError, match=reason):
             graph_from_experiment(tmp_path / "x.yaml", {"ros": bad})

@@ -53,6 +53,8 @@ MISTAKES = {
     "robot key": (["robot.ee_frame=tool_tcp"], r"robot: unknown key\(s\) \['ee_frame'\]"),
     "cost key": (["cost.ee.l3=1.0"], r"cost\.ee: unknown key\(s\) \['l3'\]"),
     "ros key": (["ros.lockstp=false"], r"ros: unknown key\(s\) \['lockstp'\]"),
+    "node parameter": (["ros.nodes.sampler.rate_hzz=5"],
+                       r"ros\.nodes\.sampler: unknown key\(s\) \['rate_hzz'\]"),
 }
 
 

@@ -11,7 +11,7 @@ of :class:`NodeSpec`. Both ``launch/mbpl_sim.launch.py`` (full ROS 2 installs) a
     realtime_rate: 0.0           # realtime sim steps per second; 0 = 1/dt
     sim: true                    # false on hardware: a robot driver publishes joint_states instead
     respawn: []                  # names of nodes restarted when they exit
-    nodes: {sampler: {...}}      # extra parameters per node name
+    nodes: {sampler: {...}}      # extra parameters per node name, checked against the node's schema
 
 Every node receives ``config`` (absolute experiment path) and, except the sim node, ``run_dir`` when
 one is given; the sampler, iLQR and trainer nodes receive ``run_token`` (the sampler accepts
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import queue
 import secrets
@@ -60,6 +61,40 @@ METHOD_NODES = {
     "pets": ("sim", "sampler", "model", "planner", "trainer"),
 }
 REQUIRED_NODE = "trainer"
+# each graph node's declared parameter schema (module:class), imported only to check ros.nodes entries
+NODE_SCHEMAS = {
+    "sim": "mbpl_ros.sim_node:SimNodeParams",
+    "sampler": "mbpl_ros.sampler_logic:SamplerParams",
+    "fitting": "mbpl_ros.node_params:FittingNodeParams",
+    "ilqr": "mbpl_ros.node_params:IlqrNodeParams",
+    "model": "mbpl_ros.node_params:ModelNodeParams",
+    "planner": "mbpl_ros.node_params:PlannerNodeParams",
+    "trainer": "mbpl_ros.node_params:TrainerNodeParams",
+}
+ROS_NODE_PARAMETERS = {"use_sim_time": bool}  # declared by rclpy itself on every node
+
+
+def check_node_parameters(name: str, params: Any) -> None:
+    """``ros.nodes.<name>``: a mapping of parameters the node declares, each valid for it.
+
+    The values are checked by the node's own schema (types and ``__post_init__``), so a typo or a bad
+    value is a ConfigError before any node starts; without this a misspelt parameter is silently ignored
+    by ROS (a params file may hold parameters a node never declares).
+    """
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"ros.nodes.{name}: expected a mapping of parameters, got {params!r}")
+    for key, kind in ROS_NODE_PARAMETERS.items():
+        if key in params and not isinstance(params[key], kind):
+            raise ConfigError(f"ros.nodes.{name}.{key}: expected {kind.__name__}, got {params[key]!r}")
+    module, _, cls = NODE_SCHEMAS[name].partition(":")
+    schema = getattr(importlib.import_module(module), cls)
+    own = {k: v for k, v in params.items() if k not in ROS_NODE_PARAMETERS}
+    try:
+        from_dict(schema, {"config": "<experiment file>", **own}, f"ros.nodes.{name}")
+    except ConfigError as err:
+        if str(err).startswith(f"ros.nodes.{name}"):
+            raise
+        raise ConfigError(f"ros.nodes.{name}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -120,6 +155,8 @@ class RosSection:
             raise ConfigError(f"ros.controller: invalid name {self.controller!r}")
         if self.realtime_rate < 0:
             raise ConfigError(f"ros.realtime_rate: must be >= 0, got {self.realtime_rate}")
+        for name, params in self.nodes.items():
+            check_node_parameters(name, params)
 
 
 TOKEN_NODES = ("sampler", "ilqr", "model", "planner", "trainer")
