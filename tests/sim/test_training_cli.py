@@ -73,3 +73,12 @@ def test_every_method_has_a_runner_and_its_section_checks_its_keys() -> None:
         broken = __import__("dataclasses").replace(base, method=method, **raw)
         with pytest.raises(ConfigError, match=section):
             broken.check_sections()
+
+
+def test_eval_with_a_missing_checkpoint_is_one_error_and_leaves_no_run_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["eval", CONFIG, "--policy", str(tmp_path / "no_such_policy"), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "no such checkpoint" in err and "Traceback" not in err
+    assert not run.exists()

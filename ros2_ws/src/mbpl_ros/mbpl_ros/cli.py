@@ -134,10 +134,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mbpl_core.policy import load_policy_checkpoint
     from mbpl_sim.evaluate import evaluate_in_sim, write_result
 
-    run_dir, experiment = _load(args, "eval")
     checkpoint = Path(args.policy)
-    if not checkpoint.exists():
+    if not checkpoint.exists():  # before the run folder exists: a typo leaves nothing behind
         raise ConfigError(f"--policy {str(checkpoint)!r}: no such checkpoint")
+    run_dir, experiment = _load(args, "eval")
     render_dir = run_dir / "videos" if args.render else None
     if args.graph:
         if args.render:

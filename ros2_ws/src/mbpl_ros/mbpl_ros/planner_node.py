@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from mbpl_msgs.msg import Plan, PlanRequest
 from rclpy.node import Node
 
@@ -41,6 +42,8 @@ class PlannerNode(Node):
         self.service = PlannerService(settings.run_dir / "model", cost, experiment.layout.dX, limits,
                                       experiment.task.T, config, config.model.device)
         self.rejected = 0
+        self._T = experiment.task.T
+        self._times: dict[int, list[float]] = {}  # planning seconds per open trial
         self._pub = self.create_publisher(Plan, "mbpl/plans", PLAN_QOS)
         self.create_subscription(PlanRequest, "mbpl/plan_requests", self._on_request, PLAN_QOS)
         self.get_logger().info(f"planner ({config.planner.method}, horizon {config.planner.horizon}, "
@@ -58,6 +61,15 @@ class PlannerNode(Node):
                                       f"({self.rejected} so far): {err}")
             return
         self._pub.publish(conversions.plan_to_msg(plan, self.get_clock().now().to_msg()))
+        times = self._times.setdefault(request.trial_id, [])
+        times.append(plan.planning_time)
+        while len(self._times) > 16:  # trials that never reached their last step (aborted)
+            self._times.pop(next(iter(self._times)))
+        if request.t == self._T - 1:
+            ms = 1e3 * np.asarray(self._times.pop(request.trial_id))
+            self.get_logger().info(
+                f"trial {request.trial_id}: {ms.size} plans over model v{request.model_version}, planning "
+                f"median {np.median(ms):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms")
 
 
 def main(args: list[str] | None = None) -> int:
