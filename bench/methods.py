@@ -168,6 +168,32 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def write_doc(text: str, commands: list[str], machine: dict[str, Any]) -> None:
+    """docs/methods.md: the table with the commands that measured it."""
+    doc = ROOT / "docs" / "methods.md"
+    runs = "\n".join(f"    {c}" for c in commands)
+    doc.write_text("# Methods compared (measured)\n\nMeasured with (one process per run, `mbpl train`) on "
+                   f"{machine['cpus']} CPUs ({machine['platform']}):\n\n{runs}\n\n{text}\n\n"
+                   "Columns: see bench/methods.py. Wall times depend on the machine's load; compare them "
+                   "within one run only.\n")
+
+
+def merge(paths: list[Path], out: Path) -> int:
+    """One table from several runs of this script (e.g. one per task)."""
+    results = [json.loads(p.read_text()) for p in paths]
+    rows = [r for res in results for r in res["rows"]]
+    text = table(rows)
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    merged = {"machine": results[0]["machine"], "quick": any(r["quick"] for r in results),
+              "command": "; ".join(r["command"] for r in results), "rows": rows, "table": text}
+    (out / "methods.json").write_text(json.dumps(merged, indent=1))
+    plot(rows, out / "methods.png")
+    if not merged["quick"]:
+        write_doc(text, [r["command"] for r in results], merged["machine"])
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["reacher2", "arm7_reach"], choices=list(TASKS))
@@ -175,7 +201,11 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test, not figures")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="no runs: one table, plot and docs/methods.md from earlier methods.json files")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
     from mbpl_sim.experiment import METHODS
 
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -205,9 +235,7 @@ def main() -> int:
     (args.out / "methods.json").write_text(json.dumps(result, indent=1))
     plot(rows, args.out / "methods.png")
     if not args.quick:
-        doc = ROOT / "docs" / "methods.md"
-        doc.write_text("# Methods compared (measured)\n\nCommand: `" + result["command"] + "` on "
-                       f"{result['machine']['cpus']} CPUs ({result['machine']['platform']}).\n\n{text}\n")
+        write_doc(text, [result["command"]], result["machine"])
     print(f"wrote {args.out / 'methods.json'} and {args.out / 'methods.png'}")
     return 0
 

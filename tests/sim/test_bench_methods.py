@@ -44,3 +44,20 @@ def test_quick_comparison_runs_every_method_and_writes_json_plot_and_table(tmp_p
     assert 0.0 <= pets["held_out_mpc"] <= 1.0 and 0.0 <= pets["held_out_policy"] <= 1.0
     assert pets["planning_ms_p50"] <= pets["planning_ms_p99"]
     assert (tmp_path / "methods.png").stat().st_size > 1000
+
+
+def test_merge_builds_one_table_from_earlier_results(tmp_path: Path) -> None:
+    rows = [{"task": task, "method": "pets", "seed": 0, "steps_to_success": steps, "final_distance_max_m": d,
+             "held_out_policy": 0.5, "held_out_mpc": None, "wall_ms_per_env_step": 1.0,
+             "success_threshold_m": 0.02, "control_period_ms": 20.0, "curve": [[100, d]]}
+            for task, steps, d in (("arm7_reach", 2400, 0.007), ("reacher2", None, 0.5))]
+    for i, row in enumerate(rows):
+        (tmp_path / f"{i}.json").write_text(json.dumps({"machine": {}, "quick": True, "command": f"c{i}",
+                                                        "rows": [row]}))
+    assert methods.merge([tmp_path / "0.json", tmp_path / "1.json"], tmp_path / "out") == 0
+    merged = json.loads((tmp_path / "out" / "methods.json").read_text())
+    assert merged["command"] == "c0; c1" and len(merged["rows"]) == 2
+    # the table lists tasks in the script's order, whatever the order of the files
+    lines = merged["table"].splitlines()
+    assert lines[2].startswith("| reacher2 | pets | 1 | — | 50.00 | 0.50 | — |")
+    assert lines[3].startswith("| arm7_reach | pets | 1 | 2400 | 0.70 | 0.50 | — |")
