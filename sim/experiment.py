@@ -30,6 +30,7 @@ METHOD_SECTIONS: dict[str, tuple[str, str] | None] = {
     "pets": ("pets", "mbpl_core.planning.pets:PETSConfig"),
     "sac": ("sac", "mbpl_core.learners.sac:SACConfig"),
     "mbpo": ("mbpo", "mbpl_core.learners.mbpo:MBPOConfig"),
+    "bptt": ("bptt", "mbpl_core.learners.bptt:BPTTConfig"),
 }
 METHODS = tuple(METHOD_SECTIONS)
 METHOD_ONLY_SECTIONS = tuple(sorted({v[0] for v in METHOD_SECTIONS.values() if v is not None} - {"gps"}))

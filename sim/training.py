@@ -237,7 +237,8 @@ class PETSRunner:
 # A runner class, or "module:Class" for a runner in its own module (imported only when the method runs).
 METHOD_RUNNERS: dict[str, type | str] = {"lqr_flm": LQRFLMRunner, "mdgps": MDGPSRunner, "pets": PETSRunner,
                                          "sac": "mbpl_sim.learner_runners:SACRunner",
-                                         "mbpo": "mbpl_sim.learner_runners:MBPORunner"}
+                                         "mbpo": "mbpl_sim.learner_runners:MBPORunner",
+                                         "bptt": "mbpl_sim.bptt_runner:BPTTRunner"}
 
 
 def runner_class(method: str) -> type:
