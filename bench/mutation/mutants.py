@@ -13,6 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 CORE = "tests/core"
+# test_ensemble.py's tests without its module-scoped trained ensemble, quickest first: run before the rest
+# of the file, so that a mutant they kill does not first pay a minute for training that fixture
+ENSEMBLE_QUICK = [f"{CORE}/test_ensemble.py::{name}" for name in (
+    "test_config_defaults_and_validation", "test_normaliser_fits_mean_and_std_and_leaves_constant_columns_unscaled",
+    "test_shape_and_config_errors", "test_batched_members_equal_a_per_member_loop",
+    "test_step_returns_x_plus_denormalised_delta_and_samples_its_variance", "test_without_holdout_all_epochs_run",
+    "test_save_load_round_trip_gives_identical_predictions",
+    "test_elites_are_the_members_of_lowest_holdout_nll_and_predictions_use_only_them",
+    "test_each_member_trains_on_its_own_bootstrap_resample", "test_held_out_rows_never_reach_training",
+    "test_early_stopping_stops_and_keeps_each_members_best_weights",
+    "test_same_seed_gives_bit_identical_weights_and_another_seed_does_not")]
 TESTS: dict[str, list[str]] = {
     "mbpl_core/local/dynamics.py": [f"{CORE}/test_dynamics.py", f"{CORE}/test_lqr_flm.py"],
     "mbpl_core/local/gmm.py": [f"{CORE}/test_gmm.py", f"{CORE}/test_dynamics.py"],
@@ -31,8 +42,8 @@ TESTS: dict[str, list[str]] = {
                                                        "tests/ros/test_hardening.py"],
     # global models and planners (PETS): the planner's tests run over small hand-written models, so a
     # planner mutant costs seconds; the ensemble's and PETS's tests train networks (a minute or two)
-    "mbpl_core/models/ensemble.py": [f"{CORE}/test_ensemble.py"],
-    "mbpl_core/models/normalisation.py": [f"{CORE}/test_ensemble.py"],
+    "mbpl_core/models/ensemble.py": ENSEMBLE_QUICK + [f"{CORE}/test_ensemble.py"],
+    "mbpl_core/models/normalisation.py": ENSEMBLE_QUICK + [f"{CORE}/test_ensemble.py"],
     "mbpl_core/planning/optimizers.py": [f"{CORE}/test_planning.py"],
     "mbpl_core/planning/trajectory_sampling.py": [f"{CORE}/test_planning.py"],
     "mbpl_core/planning/mpc.py": [f"{CORE}/test_planning.py"],
