@@ -63,9 +63,9 @@ class ValueConfig:
     enabled: bootstrap the H-step rollout with V (off: plain BPTT, V ≡ 0); hidden: MLP widths;
     learning_rate: Adam step; batch_size: TD targets per step; warmup_steps: TD steps per iteration before
     the policy steps (then one TD step per policy step); model_ratio: fraction of each TD batch that are
-    model transitions under π (one-step TD); the rest are real states of the buffer with n-step TD targets
-    along their recorded trial (n = td_steps: faster propagation over a T-step episode than one step);
-    target_tau: Polyak rate of the target network.
+    H-step model rollouts under π from real states (value expansion); the rest are real states with
+    n-step TD targets along their recorded trial (n = td_steps: faster propagation over a T-step episode
+    than one step); target_tau: Polyak rate of the target network.
     """
 
     enabled: bool = False
@@ -517,8 +517,9 @@ class BPTT:
         """States x (n, dX), steps t (n,) and TD targets (n,); V'(·, t ≥ T) = 0.
 
         Real rows (trial i, step t): the n-step target Σ_{k<n} l_{t+k} + V'(x_{t+n}, t + n) along the
-        recorded trial (n = value.td_steps, cut at the episode end). Model rows: u = π(x_t), one model
-        step, l_t(x_t, u) + V'(x_{t+1}, t + 1).
+        recorded trial (n = value.td_steps, cut at the episode end). Model rows (about n_model, rounded up
+        to a multiple of the elites): the H-step model rollout under π from a real state x_t, as the policy's
+        objective sees it, Σ_{h<H} l_{t+h} + V'(x_H, t + H) (model-based value expansion).
         """
         X, L = self._real_states, self._real_costs  # (n, T, dX), (n, T)
         n, T, _ = X.shape
@@ -537,15 +538,17 @@ class BPTT:
             self.value_target, boot_x, torch.as_tensor(boot_step, device=self.device), T)
         if not n_model:
             return x, t, real
-        xm, tm = x[n_real:], t[n_real:]
-        um = self.policy(xm)
-        members = torch.as_tensor(self.elites, device=self.device)[
-            torch.as_tensor(self.rng.integers(0, len(self.elites), n_model), device=self.device)]
-        noise = self.draw_noise(1, (n_model, 1, self.env.dX))
-        nxt = model_step(self.model, xm[:, None], um[:, None], None if noise is None else noise[0], members,
-                         self.moving)[:, 0]
-        l = piece_costs(self.cost, xm[:, None], um[:, None], tm, T)[:, 0]
-        return x, t, torch.cat([real, l + terminal_value(self.value_target, nxt, tm + 1, T)])
+        x0, t0 = self.start_batch(n_model, initial_only=False)  # (E, M, dX), (E, M): M E >= n_model
+        H = self.config.horizon
+        E, M, dX = x0.shape
+        X, U = model_rollout(self.model, self.policy, x0, H, self.draw_noise(H, tuple(x0.shape)),
+                             list(self.elites), self.moving)
+        t0 = t0.reshape(-1)
+        running = piece_costs(self.cost, X[..., :H, :].reshape(E * M, H, dX), U.reshape(E * M, H, -1), t0, T)
+        model = running.sum(dim=1) + terminal_value(self.value_target, X[..., H, :].reshape(E * M, dX),
+                                                    t0 + H, T)
+        x = torch.cat([x[:n_real], x0.reshape(E * M, dX)])
+        return x, torch.cat([t[:n_real], t0]), torch.cat([real, model])
 
     def train_policy(self) -> tuple[float, float, float, float]:
         """Value warm-up, then G policy steps (each after one TD step when there is a value).
