@@ -41,7 +41,7 @@ class SACAgentConfig:
     activation: Literal["relu", "tanh"] = "relu"
     learning_rate: float = 3e-4
     batch_size: int = 256
-    buffer_size: int = 1_000_000
+    buffer_size: int = 100_000
     gamma: float = 0.99
     tau: float = 0.005
     ent_coef: str | float = "auto"
