@@ -82,6 +82,47 @@ NODE_MODULES = {
         print("done", flush=True)
         sys.exit(5)
     """,
+    # a node's chatter through the real ROS logger: per-trial INFO lines, one WARN, one ERROR
+    "mbpl_test_talker": """
+        import pathlib, sys
+        import rclpy
+        from rclpy.executors import ExternalShutdownException
+        rclpy.init()
+        node = rclpy.create_node("talker")
+        for k in range(5):
+            node.get_logger().info(f"trial {k} done: 50 steps, 0 deadline misses")
+        node.get_logger().warning("deadline missed by 3.2 ms")
+        node.get_logger().error("joint 2 over its effort limit")
+        params = pathlib.Path(sys.argv[sys.argv.index("--params-file") + 1]).parent
+        (params / "ready-talker").write_text("")
+        try:
+            rclpy.spin(node)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        rclpy.try_shutdown()
+    """,
+    # a trainer that logs, through the ROS logger, chatter, a progress record per iteration, a summary
+    "mbpl_test_iterations": """
+        import pathlib, sys, time
+        import rclpy
+        from mbpl_ros.console import SUMMARY_PREFIX, progress_message
+        params = pathlib.Path(sys.argv[sys.argv.index("--params-file") + 1]).parent
+        deadline = time.monotonic() + 60
+        while not (params / "ready-talker").exists():
+            if time.monotonic() > deadline:
+                sys.exit(9)
+            time.sleep(0.05)
+        rclpy.init()
+        node = rclpy.create_node("trainer")
+        log = node.get_logger()
+        for i, seconds in enumerate((2.0, 4.0, 3.0)):
+            log.info(f"iteration {i} condition 0: 5 samples recorded")
+            log.info(f"iteration {i}: mean cost {12.5 - i}")
+            log.info(progress_message(i, 3, 12.5 - i, [0.01, 0.03 - 0.01 * i], seconds))
+        log.info(SUMMARY_PREFIX + "3 iterations; mean cost 12.5 -> 10.5")
+        node.destroy_node()
+        rclpy.shutdown()
+    """,
 }
 
 
@@ -140,9 +181,93 @@ def test_ros_section_options_and_errors(tmp_path: Path) -> None:
             graph_from_experiment(tmp_path / "x.yaml", {"ros": bad})
 
 
-def _launcher(specs: list[NodeSpec], run_dir: Path) -> tuple[ProcessLauncher, io.StringIO]:
+def _launcher(specs: list[NodeSpec], run_dir: Path,
+              verbose: bool = True) -> tuple[ProcessLauncher, io.StringIO]:
     out = io.StringIO()
-    return ProcessLauncher(specs, run_dir, out=out, stop_timeout=5.0), out
+    return ProcessLauncher(specs, run_dir, out=out, stop_timeout=5.0, verbose=verbose), out
+
+
+def _iterations_graph() -> list[NodeSpec]:
+    return [NodeSpec("talker", "mbpl_test_talker"),
+            NodeSpec("trainer", "mbpl_test_iterations", required=True)]
+
+
+# what the console shows of mbpl_test_iterations' progress records (success distance 2 cm): the time left
+# is the mean of the iterations so far times the iterations still to run (2 s x 2, then 3 s x 1)
+PROGRESS_LINES = [
+    "[trainer] iteration 1/3: cost 12.5; distance (cm) [1.00 3.00], 1/2 within 2 cm; 2.0 s, ~4 s left",
+    "[trainer] iteration 2/3: cost 11.5; distance (cm) [1.00 2.00], 2/2 within 2 cm; 4.0 s, ~3 s left",
+    "[trainer] iteration 3/3: cost 10.5; distance (cm) [1.00 1.00], 2/2 within 2 cm; 3.0 s",
+]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_console_shows_progress_warnings_and_errors_and_the_logs_keep_everything(
+        node_modules: Path, tmp_path: Path, verbose: bool) -> None:
+    """Real nodes logging through rclpy: the console gets one line per iteration, the warning and the error
+    with the node's name, the summary and the launcher's lines, not the INFO chatter (unless verbose);
+    each node's log file has every line, raw."""
+    run = tmp_path / "run"
+    out = io.StringIO()
+    launcher = ProcessLauncher(_iterations_graph(), run, out=out, verbose=verbose, success_distance=0.02)
+    assert launcher.run() == 0, out.getvalue()
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert [line for line in lines if line.startswith("[trainer] iteration ")] == PROGRESS_LINES, text
+    assert "[trainer] 3 iterations; mean cost 12.5 -> 10.5" in lines or verbose, text
+    assert "[launch] started talker" in text and "[launch] trainer finished with exit code 0" in text, text
+    assert "progress: {" not in text, "a progress record is shown as its line, never raw"
+    assert "\x1b" not in text and "elapsed" not in text, "no status line where the output is no terminal"
+    chatter = ("trial 0 done: 50 steps", "trial 4 done: 50 steps", "condition 0: 5 samples recorded",
+               "iteration 1: mean cost 11.5")
+    if verbose:  # every node line live, as it came
+        assert all(c in text for c in chatter), text
+        assert any(line.startswith("[talker] [WARN] [") and "deadline missed by 3.2 ms" in line
+                   for line in lines), text
+    else:
+        assert "[talker] WARN: deadline missed by 3.2 ms" in lines, text
+        assert "[talker] ERROR: joint 2 over its effort limit" in lines, text
+        assert not any(c in text for c in chatter) and "[INFO]" not in text, text
+    logs = {name: (run / "logs" / f"{name}.log").read_text() for name in ("talker", "trainer")}
+    assert all(f"trial {k} done" in logs["talker"] for k in range(5)), logs
+    assert "[WARN]" in logs["talker"] and "[ERROR]" in logs["talker"], logs
+    assert logs["trainer"].count("progress: {") == 3 and logs["trainer"].count("5 samples recorded") == 3
+    assert "summary: 3 iterations" in logs["trainer"], logs
+
+
+def test_a_terminal_gets_a_live_progress_bar(node_modules: Path, tmp_path: Path) -> None:
+    """Output on a terminal (a pseudo-terminal here): a status line under the others, redrawn after each
+    line, with the bar full after the last iteration, and erased when the graph ends."""
+    import pty
+
+    master, slave = pty.openpty()
+    received: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the terminal side is closed
+                return
+            if not chunk:
+                return
+            received.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    with os.fdopen(slave, "w") as terminal:
+        launcher = ProcessLauncher(_iterations_graph(), tmp_path / "run", out=terminal, verbose=False,
+                                   success_distance=0.02)
+        code = launcher.run()
+    reader.join(timeout=10)
+    os.close(master)
+    data = b"".join(received).decode(errors="replace")
+    assert code == 0, data
+    assert "waiting for the first iteration" in data, data
+    assert "[################........] 2/3 iterations" in data, data
+    assert "[########################] 3/3 iterations" in data, data
+    assert all(line in data for line in PROGRESS_LINES), data
+    assert data.endswith("\r\x1b[K"), "the status line is erased at the end"
 
 
 def test_crashing_node_is_reported_and_stops_the_graph(node_modules: Path, tmp_path: Path) -> None:
@@ -159,8 +284,9 @@ def test_crashing_node_is_reported_and_stops_the_graph(node_modules: Path, tmp_p
     assert all(proc.poll() is not None for proc in launcher.processes.values())
 
 
-def test_a_dying_node_shows_its_error_once_and_the_others_stop_quietly(node_modules: Path,
-                                                                       tmp_path: Path) -> None:
+@pytest.mark.parametrize("verbose", [True, False])
+def test_a_dying_node_shows_its_error_once_and_the_others_stop_quietly(node_modules: Path, tmp_path: Path,
+                                                                       verbose: bool) -> None:
     """A node fails while a ROS node spins and another is still starting (SIGINT there is a
     KeyboardInterrupt traceback): the output holds the failed node's traceback once, then no line of the
     others' shutdown (it is in their log files), and a closing line names the node and its log."""
@@ -170,7 +296,7 @@ def test_a_dying_node_shows_its_error_once_and_the_others_stop_quietly(node_modu
         NodeSpec("failer", "mbpl_test_failer"),
     ]
     run = tmp_path / "run"
-    launcher, out = _launcher(specs, run)
+    launcher, out = _launcher(specs, run, verbose)
     code = launcher.run()
     text = out.getvalue()
     assert code == 1, text
@@ -285,7 +411,7 @@ def test_launch_file_builds_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_cli_overrides_and_placeholders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mbpl_ros.cli import apply_overrides, effective_config, main
+    from mbpl_ros.cli import apply_overrides, build_parser, effective_config, main
 
     raw = {"algorithm": {"iterations": 10}, "ros": None}
     out = apply_overrides(raw, ["algorithm.iterations=3", "ros.lockstep=false", "gps.policy.layers=[64, 64]"])
@@ -302,3 +428,39 @@ def test_cli_overrides_and_placeholders(tmp_path: Path, capsys: pytest.CaptureFi
                  "--run-dir", str(tmp_path / "ev")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["launch", str(tmp_path / "missing.yaml")]) == 2 and "not found" in capsys.readouterr().err
+    parser = build_parser()
+    assert not parser.parse_args(["launch", "x.yaml"]).verbose
+    assert parser.parse_args(["launch", "x.yaml", "-v"]).verbose
+    assert parser.parse_args(["launch", "x.yaml", "--verbose"]).verbose
+
+
+@pytest.mark.sim
+def test_the_trainer_loop_reports_each_iteration_in_one_progress_record(tmp_path: Path,
+                                                                         experiment_file: Path) -> None:
+    """TrainerLoop in process (no ROS): one progress record per iteration, agreeing with the history
+    record (cost, noiseless final distances), and the console shows it as one line."""
+    pytest.importorskip("mujoco")
+    import numpy as np
+    from test_trainer_logic import InProcessTransport, LoopSettings, TrainerLoop
+
+    from mbpl_ros.console import Console, parse_progress
+    from mbpl_sim.env import MujocoEnv
+    from mbpl_sim.experiment import load_experiment
+
+    env = MujocoEnv(load_experiment(experiment_file))
+    transport = InProcessTransport(env, tmp_path)
+    messages: list[str] = []
+    settings = LoopSettings(env.num_conditions, 2, 3, seed=3)
+    state = TrainerLoop(tmp_path, settings, transport, transport.cost, env.layout, log=messages.append).run()
+    records = [p for p in map(parse_progress, messages) if p is not None]
+    assert [(p.iteration, p.iterations) for p in records] == [(0, 2), (1, 2)], messages
+    for p, h in zip(records, state.history, strict=True):
+        assert p.cost == pytest.approx(np.mean(h["mean_cost"]))
+        assert p.distances == pytest.approx(h["eval_final_distance"]) and p.seconds > 0
+    out = io.StringIO()
+    console = Console(out, verbose=False, success_distance=0.02)
+    for message in messages:
+        console.node_line("trainer", f"[INFO] [1796226826.841427561] [trainer]: {message}")
+    console.close()
+    assert [line.split(":")[0] for line in out.getvalue().splitlines()] == [
+        "[trainer] iteration 1/2", "[trainer] iteration 2/2"], out.getvalue()

@@ -43,6 +43,7 @@ from typing import IO, Any
 import yaml
 
 from mbpl_core.config import ConfigError, from_dict
+from mbpl_ros.console import ROS_LOG_FORMAT, Console
 from mbpl_ros.params import write_params_file
 
 GRAPH_NODES = (
@@ -227,8 +228,12 @@ class _Running:
 class ProcessLauncher:
     """Starts each NodeSpec as its own process and supervises the graph.
 
-    * each node's parameters go to ``<run_dir>/params/<name>.yaml``; its output is forwarded to
-      ``out`` prefixed with ``[name]`` and copied to ``<run_dir>/logs/<name>.log``;
+    * each node's parameters go to ``<run_dir>/params/<name>.yaml``; its whole output is copied to
+      ``<run_dir>/logs/<name>.log`` and shown on ``out`` prefixed with ``[name]``: every line
+      (``verbose``, the default), or only progress, warnings, errors and the summary
+      (:class:`mbpl_ros.console.Console`; ``mbpl launch`` without ``-v``). The nodes' ROS console
+      format is set to rcutils' default where the environment does not choose one, so the lines can
+      be told apart;
     * SIGINT/SIGTERM received by the launcher are forwarded to the graph, which is then shut down;
     * a node that exits is reported with its exit code; a respawn node is restarted, the required
       node ends the graph with its exit code, any other exit stops the graph (exit code 1 if it was 0);
@@ -247,6 +252,9 @@ class ProcessLauncher:
         env: Mapping[str, str] | None = None,
         out: IO[str] | None = None,
         stop_timeout: float = 5.0,
+        verbose: bool = True,
+        success_distance: float | None = None,
+        live: bool | None = None,
     ) -> None:
         names = [s.name for s in specs]
         if not specs or len(set(names)) != len(names):
@@ -254,13 +262,14 @@ class ProcessLauncher:
         self.specs = list(specs)
         self.run_dir = Path(run_dir)
         self.env = dict(os.environ if env is None else env) | {"PYTHONUNBUFFERED": "1"}
+        self.env.setdefault("RCUTILS_CONSOLE_OUTPUT_FORMAT", ROS_LOG_FORMAT)
         self.out = out if out is not None else sys.stdout
+        self.console = Console(self.out, verbose=verbose, success_distance=success_distance, live=live)
         self.stop_timeout = stop_timeout
         self.exit_codes: dict[str, int] = {}
         self._running: dict[str, _Running] = {}
         self._exits: queue.Queue[tuple[str, subprocess.Popen]] = queue.Queue()
         self._signal: int | None = None
-        self._out_lock = threading.Lock()
         self._failed: tuple[str, int] | None = None  # (node, exit code) whose failure stopped the graph
         self._quiet = threading.Event()  # set: other nodes' output goes to their log files only
 
@@ -271,9 +280,7 @@ class ProcessLauncher:
 
     def say(self, text: str) -> None:
         """One launcher line on the output stream."""
-        with self._out_lock:
-            self.out.write(f"[launch] {text}\n")
-            self.out.flush()
+        self.console.launcher(text)
 
     # -- processes ---------------------------------------------------------------------------------
     def _start(self, spec: NodeSpec) -> None:
@@ -290,16 +297,14 @@ class ProcessLauncher:
         self.say(f"started {spec.name} ({spec.module}, pid {proc.pid})")
 
     def _forward(self, name: str, proc: subprocess.Popen, log_path: Path) -> None:
-        """Copy the node's output line by line, prefixed; then report its exit to the supervisor."""
+        """Copy the node's output line by line to its log and the console; then report its exit."""
         assert proc.stdout is not None
         with open(log_path, "ab") as log:
             for line in iter(proc.stdout.readline, b""):
                 log.write(line)
-                if self._quiet.is_set():
-                    continue
-                with self._out_lock:
-                    self.out.write(f"[{name}] {line.decode(errors='replace').rstrip()}\n")
-                    self.out.flush()
+                log.flush()  # the log is where the detail is: current while the graph runs
+                if not self._quiet.is_set():
+                    self.console.node_line(name, line.decode(errors="replace").rstrip())
         proc.wait()
         self._exits.put((name, proc))
 
@@ -327,9 +332,11 @@ class ProcessLauncher:
                 signal.signal(sig, handler)
             if self._failed is not None:
                 name, code = self._failed
-                self.say(f"the graph stopped because {name} exited with code {code}: its output is above "
-                         f"and in {self.run_dir / 'logs' / f'{name}.log'}; the other nodes were stopped "
+                shown = "its output is above" if self.console.verbose else "its errors are above"
+                self.say(f"the graph stopped because {name} exited with code {code}: {shown}, all of it "
+                         f"in {self.run_dir / 'logs' / f'{name}.log'}; the other nodes were stopped "
                          "(their output since then is in their log files only)")
+            self.console.close()
 
     def _supervise(self) -> int:
         respawn_at: dict[str, float] = {}

@@ -1,7 +1,9 @@
 """The ``mbpl`` command.
 
-* ``mbpl launch CONFIG [--set key=value ...] [--run-dir DIR]`` — start the ROS 2 graph of an experiment
-  (sim node, sampler, the method's learning nodes, trainer) with the bringup's process launcher.
+* ``mbpl launch CONFIG [--set key=value ...] [--run-dir DIR] [-v]`` — start the ROS 2 graph of an
+  experiment (sim node, sampler, the method's learning nodes, trainer) with the bringup's process
+  launcher. The console shows a progress line per iteration, the nodes' warnings and errors and the
+  summary (a live progress bar on a terminal); ``-v`` every node line. All of it is in the node logs.
 * ``mbpl train CONFIG [--set key=value ...] [--iterations N] [--run-dir DIR]`` —
   the experiment's method (LQR-FLM, MDGPS, PETS) in one process over the MuJoCo environment (no ROS),
   the way algorithms are benchmarked and debugged.
@@ -101,14 +103,22 @@ def _default_run_dir(config: str, mode: str) -> Path:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    """Start the node graph of the experiment and supervise it; exit code of the trainer."""
+    """Start the node graph of the experiment and supervise it; exit code of the trainer.
+
+    The console shows one progress line per iteration, the nodes' warnings and errors and the summary;
+    ``--verbose`` every node line (all of them are in ``<run_dir>/logs/<node>.log`` either way).
+    """
     from mbpl_ros.bringup import ProcessLauncher, graph_from_experiment, new_run_token
+    from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD
 
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, "launch")
     path, raw = effective_config(args.config, args.set, run_dir, args.strict, log=True)
     specs = graph_from_experiment(path, raw, run_dir=run_dir, run_token=new_run_token())
-    print(f"[mbpl] run folder {run_dir}; nodes: {', '.join(s.name for s in specs)}", flush=True)
-    return ProcessLauncher(specs, run_dir).run()
+    print(f"[mbpl] run folder {run_dir}; nodes: {', '.join(s.name for s in specs)}; node logs in "
+          f"{run_dir / 'logs'}", flush=True)
+    scene = str((raw.get("task") or {}).get("scene", "reach"))
+    return ProcessLauncher(specs, run_dir, verbose=args.verbose,
+                           success_distance=DEFAULT_SUCCESS_THRESHOLD.get(scene, 0.02)).run()
 
 
 def _load(args: argparse.Namespace, mode: str) -> tuple[Path, Any]:
@@ -280,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="check: whether the installed Fast DDS has the DDS security plugins")
     security.add_argument("action", choices=["check"])
     security.set_defaults(func=cmd_security)
+    sub.choices["launch"].add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show every node line live (default: one progress line per iteration, warnings, errors and "
+             "the summary; every line is in <run-dir>/logs/<node>.log either way)")
     train = sub.choices["train"]
     train.add_argument("--iterations", type=int, default=None, help="default: algorithm.iterations")
     ev = sub.choices["eval"]

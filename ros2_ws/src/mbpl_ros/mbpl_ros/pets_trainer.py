@@ -29,6 +29,7 @@ import numpy as np
 from mbpl_core.containers import SampleBatch, StateLayout
 from mbpl_core.costs import Cost
 from mbpl_core.policy import NumpyPolicy, PolicyParams
+from mbpl_ros.console import progress_message
 from mbpl_ros.recording import SampleStore
 from mbpl_ros.trainer_logic import (
     TrainerState,
@@ -144,6 +145,8 @@ class PETSTrainerLoop:
         self.log(f"iteration {i}: model v{fit.version} ({fit.transitions} transitions, held-out NLL "
                  f"{fit.holdout_nll:.2f}); MPC mean cost {np.mean(record['mean_cost']):.4g}, final distance "
                  f"(cm) [{dist}], {steps} env steps, {record['seconds']['total']:.1f} s")
+        self.log(progress_message(i, self.settings.iterations, float(np.mean(record["mean_cost"])),
+                                  record["eval_final_distance"], time.perf_counter() - start))
         return record
 
     def _round_condition(self, r: int, m: int, kind: str, version: int) -> list[TrialResult]:

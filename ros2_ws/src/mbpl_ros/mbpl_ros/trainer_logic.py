@@ -37,6 +37,7 @@ import numpy as np
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import LinearDynamics, LinearGaussianController, SampleBatch, StateLayout
 from mbpl_core.costs import Cost
+from mbpl_ros.console import progress_message
 from mbpl_ros.conversions import SampleMetadata
 from mbpl_ros.recording import SampleStore
 from mbpl_sim.history import write_history, write_json_atomic  # noqa: F401 - re-exported: one writer
@@ -315,6 +316,9 @@ class TrainerLoop:
                              history=self.state.history + (record,))
         save_state(self.run_dir, self.state)
         self.log(_summary_line(record))
+        self.log(progress_message(i, self.settings.iterations, float(np.mean(record["mean_cost"])),
+                                  record.get("eval_final_distance", record["mean_final_distance"]),
+                                  time.perf_counter() - start, record.get("policy_tip_distance")))
         return record
 
     def _sample_condition(self, i: int, m: int, clock: _Clock) -> list[TrialResult]:

@@ -26,6 +26,7 @@ from rclpy.node import Node
 
 from mbpl_core.config import ConfigError
 from mbpl_core.costs import build_cost
+from mbpl_ros.console import SUMMARY_PREFIX
 from mbpl_ros.gps_hooks import build_gps_hooks
 from mbpl_ros.node_params import TrainerNodeParams, load_settings
 from mbpl_ros.params import declare_parameters
@@ -61,9 +62,9 @@ class TrainerNode(Node):
                            hooks, log=log)
         state = loop.run()
         json_path, png = write_history(self.settings.run_dir, state.history)
-        self.get_logger().info(f"done: {run_summary(state.history)}")
-        self.get_logger().info(f"{loop.store.count()} samples in {loop.store.root}; history {json_path}, "
-                               f"plot {png}")
+        self.get_logger().info(f"{SUMMARY_PREFIX}{run_summary(state.history)}")
+        self.get_logger().info(f"{SUMMARY_PREFIX}{loop.store.count()} samples in {loop.store.root}; "
+                               f"history {json_path}, plot {png}")
 
 
     def train_pets(self) -> None:
@@ -88,7 +89,7 @@ class TrainerNode(Node):
             history[-1] |= self._distill(loop, config, cost, threshold)
         json_path, png = write_history(run_dir, history, f"{experiment.name} (pets, graph)")
         last = history[-1] if history else {}
-        self.get_logger().info(f"done: {len(history)} iterations; MPC final distance (cm) "
+        self.get_logger().info(f"{SUMMARY_PREFIX}{len(history)} iterations; MPC final distance (cm) "
                                f"{[round(100 * d, 2) for d in last.get('eval_final_distance', [])]}; "
                                f"history {json_path}, plot {png}")
 
@@ -122,8 +123,8 @@ class TrainerNode(Node):
             tips = tip_distances(MujocoEnv(experiment, condition_set="held_out"),
                                  [NumpyPolicy(policy_to_params(policy))])
             extra |= success_fields("policy_held_out", tips, threshold)
-        log(f"policy checkpoint {path}: training conditions {extra['policy_success']}, held-out success "
-            f"rate {extra.get('policy_held_out_success_rate', 'n/a')} (in simulation)")
+        log(f"{SUMMARY_PREFIX}policy checkpoint {path}: training conditions {extra['policy_success']}, "
+            f"held-out success rate {extra.get('policy_held_out_success_rate', 'n/a')} (in simulation)")
         return extra
 
 
