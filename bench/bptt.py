@@ -165,8 +165,11 @@ def main() -> None:
     torch.set_num_threads(1)
     experiment = load_experiment(args.config)
     results: dict[str, Any] = {"args": vars(args), "methods": {}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.methods:
         results["methods"][name] = run_method(name, experiment, args)
+        (RESULTS / "bptt.json").write_text(json.dumps(results, indent=1))  # each method as it finishes
+        plot(results, RESULTS / "bptt.png")
     print("\nfinal noiseless policy, training conditions / held-out (m):")
     for name, r in results["methods"].items():
         last = r["curve"][-1]
@@ -175,9 +178,6 @@ def main() -> None:
               f"{np.median(last['held_out_tip_distance']):.4f}, within 2 cm "
               f"{sum(d < 0.02 for d in last['held_out_tip_distance'])}/{len(last['held_out_tip_distance'])} "
               f"| {last['env_steps']} env steps, {last['seconds']:.0f} s")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bptt.json").write_text(json.dumps(results, indent=1))
-    plot(results, RESULTS / "bptt.png")
     print(f"wrote {RESULTS / 'bptt.json'} and {RESULTS / 'bptt.png'}")
 
 
