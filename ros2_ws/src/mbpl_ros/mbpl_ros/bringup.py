@@ -231,9 +231,10 @@ class ProcessLauncher:
     * each node's parameters go to ``<run_dir>/params/<name>.yaml``; its whole output is copied to
       ``<run_dir>/logs/<name>.log`` and shown on ``out`` prefixed with ``[name]``: every line
       (``verbose``, the default), or only progress, warnings, errors and the summary
-      (:class:`mbpl_ros.console.Console`; ``mbpl launch`` without ``-v``). The nodes' ROS console
-      format is set to rcutils' default where the environment does not choose one, so the lines can
-      be told apart;
+      (:class:`mbpl_ros.console.Console`; ``mbpl launch`` without ``-v``: ``success_distance`` is the
+      distance in m its progress lines count conditions within, ``live`` draws its status line, by
+      default where ``out`` is a terminal). The nodes' ROS console format is set to rcutils' default
+      where the environment does not choose one, so the lines can be told apart;
     * SIGINT/SIGTERM received by the launcher are forwarded to the graph, which is then shut down;
     * a node that exits is reported with its exit code; a respawn node is restarted, the required
       node ends the graph with its exit code, any other exit stops the graph (exit code 1 if it was 0);
