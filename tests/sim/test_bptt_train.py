@@ -55,7 +55,7 @@ def test_train_bptt_then_eval_the_checkpoint_alone(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bptt_brings_the_reacher_closer_than_the_untrained_policy() -> None:
     experiment = load_experiment(CONFIG)
-    section = {"iterations": 5, "gradient_steps": 150, "horizon": 10,
+    section = {"iterations": 5, "gradient_steps": 150, "horizon": 10, "learning_rate": 3e-3,
                "model": {"hidden": [64, 64], "max_epochs": 50, "device": "cpu"}}
     experiment = dataclasses.replace(experiment, method="bptt",
                                      sections={**experiment.sections, "bptt": section})
