@@ -270,11 +270,13 @@ def cmd_security(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mbpl`` (sub-commands launch, train, eval, security)."""
+    from mbpl_sim.experiment import METHODS
+
     parser = argparse.ArgumentParser(prog="mbpl", description="Model-based policy learning on ROS 2.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (
         ("launch", cmd_launch, "start the ROS 2 node graph of an experiment"),
-        ("train", cmd_train, "run the experiment's method (lqr_flm, mdgps, pets) in one process over MuJoCo"),
+        ("train", cmd_train, f"run the experiment's method ({', '.join(METHODS)}) in one process (MuJoCo)"),
         ("eval", cmd_eval, "roll a saved policy out in simulation and report success and distances"),
     ):
         p = sub.add_parser(name, help=text, description=text)
