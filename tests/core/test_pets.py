@@ -18,11 +18,12 @@ import torch
 
 from mbpl_core.containers import SampleBatch, StateLayout
 from mbpl_core.costs import ActionCost, EndEffectorCost, SumCost
+from mbpl_core.guided.mdgps import policy_to_params
 from mbpl_core.models import EnsembleConfig
 from mbpl_core.planning import PlannerConfig
-from mbpl_core.planning.distill import DistillConfig, LabellingPolicy, distill_planner
+from mbpl_core.planning.distill import DistillConfig, LabellingPolicy, distill, distill_planner
 from mbpl_core.planning.pets import PETS, PETSConfig, UniformRandomPolicy, trajectory_costs
-from mbpl_core.policy import GPSConfig
+from mbpl_core.policy import GPSConfig, NumpyPolicy
 
 LAYOUT = StateLayout(dQ=3, n_points=1)
 
@@ -254,3 +255,24 @@ def test_distilled_policy_covariance_is_the_action_scale_times_the_limits_square
     policy, _ = distill_planner(env, expert, [env.sample(expert, 0)], env.effort_limits, config)
     np.testing.assert_allclose(policy.action_covar, np.diag((0.1 * env.effort_limits) ** 2), rtol=1e-5,
                                atol=1e-12)
+
+
+def test_dagger_learns_the_expert_labels_at_the_states_the_policy_visited() -> None:
+    """Rollouts that report fixed visited states X_r (away from the expert's), the policy's own actions
+    there and expert labels U* = a constant: after one DAgger round the policy's action at X_r is U*,
+    which it can learn only from the labels (round 0 saw the expert's trajectory alone)."""
+    env = PointMassEnv([[0.5, 0.0, 0.0]])
+    expert = LinearExpert()
+    trials = [env.sample(expert, 0)]
+    X_r = trials[0].X[0] + 3.0
+    label = np.array([1.0, -1.0, 0.5])
+
+    def rollouts(policy: NumpyPolicy) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return [(X_r, policy.mean_batch(X_r), np.tile(label, (len(X_r), 1)))]
+
+    config = DistillConfig(rounds=1, policy=GPSConfig(hidden_sizes=(16,), iterations=300, learning_rate=3e-3,
+                                                      refit_normalization=True, device="cpu"))
+    policy, rounds = distill(trials, rollouts, env.dX, env.dU, LAYOUT, env.effort_limits, config)
+    assert max(rounds[0].label_gap) > 1.0, "round 0 must not know the labels already"
+    final = NumpyPolicy(policy_to_params(policy)).mean_batch(X_r)
+    np.testing.assert_allclose(final, np.tile(label, (len(X_r), 1)), atol=0.25)
