@@ -82,3 +82,13 @@ def test_eval_with_a_missing_checkpoint_is_one_error_and_leaves_no_run_folder(
     err = capsys.readouterr().err
     assert "no such checkpoint" in err and "Traceback" not in err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("method", ["sac", "mbpo", "bptt"])
+def test_launch_of_a_method_the_graph_does_not_run_is_one_error_before_the_run_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture, method: str) -> None:
+    run = tmp_path / "run"
+    assert main(["launch", CONFIG, "--set", f"method={method}", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"method: {method!r} does not run through the graph" in err and "Traceback" not in err
+    assert not run.exists()

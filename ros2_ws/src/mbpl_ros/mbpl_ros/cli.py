@@ -62,14 +62,15 @@ def apply_overrides(raw: dict[str, Any], assignments: Sequence[str]) -> dict[str
 
 def effective_config(
     config: str | Path, assignments: Sequence[str], run_dir: Path, strict: bool = False,
-    log: bool = False,
+    log: bool = False, graph: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Read CONFIG, apply ``--set`` overrides, check it, write ``run_dir/config.yaml``; (its path, the dict).
 
     Everything is checked before the run folder exists (:func:`mbpl_sim.checks.prepare_run`: every
     section, the robot's names, frames, meshes, contacts, limits and targets; ``strict``: warnings are
     errors): paths become absolute against CONFIG's folder, so the copy in run_dir still finds the robot,
-    and the robot-scaled defaults are written out. ``log`` prints the check's notes and warnings.
+    and the robot-scaled defaults are written out. ``log`` prints the check's notes and warnings;
+    ``graph``: the method must be one the ROS graph runs (``mbpl launch``).
     """
     from mbpl_ros.bringup import RosSection
     from mbpl_sim.checks import prepare_run
@@ -92,6 +93,13 @@ def effective_config(
         for line in prepared.log_lines():
             print(f"[mbpl] {line}", flush=True)
     raw = prepared.raw
+    if graph:
+        from mbpl_ros.bringup import METHOD_NODES
+
+        method = str(raw.get("method") or "lqr_flm")
+        if method not in METHOD_NODES:
+            raise ConfigError(f"method: {method!r} does not run through the graph; graph methods: "
+                              f"{list(METHOD_NODES)} (the others run in one process: mbpl train)")
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -112,7 +120,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD
 
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, "launch")
-    path, raw = effective_config(args.config, args.set, run_dir, args.strict, log=True)
+    path, raw = effective_config(args.config, args.set, run_dir, args.strict, log=True, graph=True)
     specs = graph_from_experiment(path, raw, run_dir=run_dir, run_token=new_run_token())
     print(f"[mbpl] run folder {run_dir}; nodes: {', '.join(s.name for s in specs)}; node logs in "
           f"{run_dir / 'logs'}", flush=True)
