@@ -15,7 +15,7 @@ Prints the figures, writes bench/results/bptt.json and bench/results/bptt.png. O
 
 Measured (reacher2, seed 0, ``--iterations 5 --gradient-steps 100``, a loaded 2-core machine, ~4 min per
 method): after 5 iterations of plain H = 10, mean ‖g‖ = 0.092 / 0.27 / 0.65 / 8.6 / 38 / 93 / 576 for
-H = 1 / 5 / 10 / 20 / 30 / 40 / 50, tr Cov g = 2e-4 → 1e-2 (H = 10) → 5e4 (H = 50), SNR 6-7 up to H = 10 and
+H = 1 / 5 / 10 / 20 / 30 / 40 / 50, tr Cov g = 2e-4 → 1e-2 (H = 10) → 5e4 (H = 50), SNR 5.8-7 up to H = 10 and
 2.5 at H = T; σ_max of the closed-loop Jacobian product 14 (H = 1) to 49 (H = 50). Final noiseless policy
 (1200 real steps): plain H = 10 training median 4.4 cm (one condition still at the start), held-out median
 2.1 cm; plain H = T 6.8 cm / 15 cm; SVG(10) 4.6 cm (max 8.0) / 6.0 cm. With 8 iterations and 150 steps plain
