@@ -235,7 +235,8 @@ def test_terminal_value_is_zero_once_the_episode_is_over() -> None:
         value.layers[-1].bias.fill_(5.0)  # V clearly non-zero everywhere
     x = torch.ones((4, 4), dtype=torch.float64)
     t = torch.tensor([9, 10, 11, 0])
-    v = terminal_value(value, x, t, 10)
+    with torch.no_grad():
+        v = terminal_value(value, x, t, 10)
     assert float(v[1]) == 0.0 and float(v[2]) == 0.0
     torch.testing.assert_close(v[[0, 3]], value(x[[0, 3]], t[[0, 3]]))
     assert float(v[0]) != 0.0
