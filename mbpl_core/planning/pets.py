@@ -30,6 +30,7 @@ import torch
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import SampleBatch, StateLayout
 from mbpl_core.costs import Cost
+from mbpl_core.limits import bounded_limits, check_limits
 from mbpl_core.local.lqr_flm import Policy
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
 from mbpl_core.models.ensemble import transitions_from_trajectories
@@ -80,10 +81,7 @@ class PETSConfig:
 
     def __post_init__(self) -> None:
         if self.action_limits is not None:
-            limits = np.asarray(self.action_limits, dtype=np.float64)
-            if limits.ndim != 1 or limits.size == 0 or not np.all(np.isfinite(limits)) or np.any(limits <= 0):
-                raise ConfigError(f"pets.action_limits must be positive finite values, got "
-                                  f"{self.action_limits}")
+            check_limits(self.action_limits, "pets.action_limits")
         for name in ("iterations", "random_trials"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"pets.{name} must be >= 0, got {getattr(self, name)}")
@@ -101,13 +99,7 @@ class PETSConfig:
 
 def action_box(config: PETSConfig, effort_limits: np.ndarray) -> np.ndarray:
     """(dU,) the bound PETS explores and plans within: min(effort_limits, config.action_limits)."""
-    limits = np.asarray(effort_limits, dtype=np.float64)
-    if config.action_limits is None:
-        return limits.copy()
-    own = np.asarray(config.action_limits, dtype=np.float64)
-    if own.size not in (1, limits.size):
-        raise ConfigError(f"pets.action_limits: {own.size} values for {limits.size} joints")
-    return np.minimum(limits, np.broadcast_to(own, limits.shape))
+    return bounded_limits(config.action_limits, effort_limits, "pets.action_limits")
 
 
 class UniformRandomPolicy:

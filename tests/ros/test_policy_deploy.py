@@ -71,8 +71,9 @@ task:
   conditions: {{positions: [[0.35, 0.10, 0.10], [0.10, 0.35, 0.10]]}}
   held_out: {{positions: [[0.30, 0.25, 0.10], [0.20, 0.05, 0.10]]}}
 gps: {{observation: {OBSERVATION}, hidden_sizes: [16], iterations: 150, batch_size: 40, device: cpu}}
+pets: {{action_limits: [2.0, 1.5]}}
 ros: {{lockstep: true}}
-""")
+""")  # pets: as the shipped experiments have one: the robot side reads action_limits without torch
     return path
 
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.containers import LinearGaussianController, SampleBatch, ShapeError, StateLayout
+from mbpl_core.limits import bounded_limits
 from mbpl_core.noise import NoiseConfig, generate_noise
 from mbpl_core.policy import GPSConfig, NumpyPolicy, PolicyParams
 from mbpl_ros.action_bounds import (
@@ -200,11 +201,10 @@ class RobotSetup:
         gps = from_dict(GPSConfig, dict(experiment.gps or {}), "gps")
         known = urdf_velocity_limits(robot.description, tuple(robot.joints))
         effort_limits = model.actuator_ctrlrange[:, 1].copy()
-        random_limits = None
-        if experiment.pets:
-            from mbpl_core.planning.pets import PETSConfig, action_box
-
-            random_limits = action_box(from_dict(PETSConfig, experiment.pets, "pets"), effort_limits)
+        random_limits = None  # the robot side imports no torch: the raw setting, checked as PETSConfig does
+        own = experiment.pets.get("action_limits")
+        if own is not None:
+            random_limits = bounded_limits(own, effort_limits, "pets.action_limits")
         return cls(kinematics=kinematics, joint_names=tuple(robot.joints), random_limits=random_limits,
                    effort_limits=effort_limits, targets=targets,
                    T=experiment.task.T, dt=experiment.task.dt, noise=noise,
