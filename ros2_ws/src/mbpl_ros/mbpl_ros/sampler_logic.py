@@ -201,10 +201,9 @@ class RobotSetup:
         gps = from_dict(GPSConfig, dict(experiment.gps or {}), "gps")
         known = urdf_velocity_limits(robot.description, tuple(robot.joints))
         effort_limits = model.actuator_ctrlrange[:, 1].copy()
-        random_limits = None  # the robot side imports no torch: the raw setting, checked as PETSConfig does
+        # the robot side imports no torch: the raw setting, checked as PETSConfig does
         own = experiment.pets.get("action_limits")
-        if own is not None:
-            random_limits = bounded_limits(own, effort_limits, "pets.action_limits")
+        random_limits = bounded_limits(own, effort_limits, "pets.action_limits")
         return cls(kinematics=kinematics, joint_names=tuple(robot.joints), random_limits=random_limits,
                    effort_limits=effort_limits, targets=targets,
                    T=experiment.task.T, dt=experiment.task.dt, noise=noise,
