@@ -76,7 +76,9 @@ class LQRFLMRunner:
 
     def _lg_record(self, report: Any, mean_cost: tuple[float, ...]) -> dict[str, Any]:
         env = self.env
-        self.env_steps += self.config.samples_per_condition * env.num_conditions * env.T
+        # the sampled trials and the step check's noiseless ones (algorithm.step_check): every real step
+        trials = self.config.samples_per_condition * env.num_conditions + report.check_trials
+        self.env_steps += trials * env.T
         return {"iteration": report.iteration, "mean_cost": [float(c) for c in mean_cost],
                 "eval_final_distance": tip_distances(env, list(self.algorithm.controllers)),
                 "step_mult": [float(s) for s in report.step_mult], "eta": [float(e) for e in report.eta],

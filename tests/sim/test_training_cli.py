@@ -92,3 +92,15 @@ def test_launch_of_a_method_the_graph_does_not_run_is_one_error_before_the_run_f
     err = capsys.readouterr().err
     assert f"method: {method!r} does not run through the graph" in err and "Traceback" not in err
     assert not run.exists()
+
+
+def test_env_steps_count_the_step_checks_noiseless_trials(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", CONFIG, "--iterations", "2", "--run-dir", str(run),
+                 "--set", "algorithm.step_check.enabled=true",
+                 "--set", "algorithm.samples_per_condition=2"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    state = __import__("pickle").loads((run / "algorithm_state.pkl").read_bytes())
+    checks = state["check_trials"]
+    assert checks >= 4, "the step check runs at least one noiseless trial per condition and C-step"
+    assert history[-1]["env_steps"] == (2 * 2 * 4 + checks) * 50
