@@ -240,3 +240,23 @@ def test_planner_seeds_each_trial_from_its_request_and_keeps_the_warm_start(tmp_
     other = service.plan(PlanRequestData(6, 0, 0, 10, 1, x0)).actions
     np.testing.assert_array_equal(other, controller(10).plan(x0, 0).actions)
     assert not np.array_equal(other, got[0])
+
+
+def test_realtime_waits_first_plan_wait_steps_for_the_first_plan_then_max_plan_age() -> None:
+    inbox = PlanInbox(2, LIMITS)
+    source = PlanSource(inbox, [].append, trial_id=7, condition=1, seed=3, model_version=4, lockstep=False,
+                        plan_timeout=1.0, max_plan_age=2, run_token="tok", first_plan_wait=4)
+    x = np.zeros(4)
+    for t in range(5):  # zero effort up to first_plan_wait, though past max_plan_age
+        np.testing.assert_array_equal(source.act(t, x), [0.0, 0.0])
+    inbox.offer(plan(7, 4))
+    for t in (5, 6):
+        np.testing.assert_allclose(source.act(t, x), plan(7, 4).actions[t - 4])
+    with pytest.raises(PlanAbortError, match="newest from step 4; max_plan_age = 2"):
+        source.act(7, x)  # once a plan came, later ones must be within max_plan_age
+    late = PlanSource(PlanInbox(2, LIMITS), [].append, trial_id=8, condition=1, seed=3, model_version=4,
+                      lockstep=False, plan_timeout=1.0, max_plan_age=2, first_plan_wait=4)
+    for t in range(5):
+        late.act(t, x)
+    with pytest.raises(PlanAbortError, match="none yet; first_plan_wait = 4"):
+        late.act(5, x)

@@ -5,9 +5,9 @@ executes a plan of the same trial planned from step t0 ≤ t: u_t = actions[t �
 sampler waits for the plan of step t itself (deterministic: the same states give the same plans);
 without one within ``plan_timeout`` the trial aborts. In realtime it never waits: it uses the newest
 plan of the trial if t − t0 < min(h, max_plan_age + 1) and otherwise commands zero effort while the
-first plan is awaited (t ≤ max_plan_age) or aborts the trial (the plan is stale: the safe hold takes
-over). Plans are validated on arrival (:meth:`PlanInbox.offer`): dimensions, finite actions within the
-effort limits, the run token, a running MPC trial — anything else is rejected and counted.
+first plan is awaited (t ≤ max(first_plan_wait, max_plan_age)) or aborts the trial (the plan is stale:
+the safe hold takes over). Plans are validated on arrival (:meth:`PlanInbox.offer`): dimensions, finite
+actions within the effort limits, the run token, a running MPC trial — anything else is rejected and counted.
 
 "random" — :class:`RandomEfforts`: u_t ~ U(−effort_limits, effort_limits) drawn from the request's seed
 before the trial (replayable), PETS's first data.
@@ -119,12 +119,16 @@ class PlanSource:
 
     def __init__(self, inbox: PlanInbox, request_plan: Callable[[PlanRequestData], None], trial_id: int,
                  condition: int, seed: int, model_version: int, lockstep: bool, plan_timeout: float,
-                 max_plan_age: int, run_token: str = "", stop: threading.Event | None = None) -> None:
+                 max_plan_age: int, run_token: str = "", stop: threading.Event | None = None,
+                 first_plan_wait: int | None = None) -> None:
         self.inbox, self.request_plan = inbox, request_plan
         self.trial_id, self.condition = trial_id, condition
         self.seed, self.model_version = seed, model_version
         self.lockstep, self.plan_timeout, self.max_plan_age = lockstep, plan_timeout, max_plan_age
         self.run_token, self.stop = run_token, stop
+        # realtime: steps at zero effort the first plan may take (it carries the planner's start-up on a new
+        # model version); later plans must be within max_plan_age
+        self.first_plan_wait = max_plan_age if first_plan_wait is None else max(first_plan_wait, max_plan_age)
         self.plan_ages: list[int] = []
         """t − t0 of the plan each step executed (0 in lockstep): how stale plans got."""
 
@@ -140,12 +144,18 @@ class PlanSource:
                 raise PlanAbortError(f"no plan for step {t} within plan_timeout = {self.plan_timeout:g} s")
             return self._take(plan, t)
         plan = self.inbox.latest(self.trial_id)
-        if plan is None or t - plan.t > self.max_plan_age or t - plan.t >= plan.actions.shape[0]:
-            newest = "none yet" if plan is None else f"newest from step {plan.t}"
-            if t > self.max_plan_age:
-                raise PlanAbortError(f"stale plan at step {t} ({newest}; max_plan_age = {self.max_plan_age})")
+        if plan is None:
+            if t > self.first_plan_wait:
+                raise PlanAbortError(f"stale plan at step {t} (none yet; first_plan_wait = "
+                                     f"{self.first_plan_wait} steps)")
             self.plan_ages.append(-1)
             return np.zeros(self.inbox.dU)  # awaiting the first plan: no effort
+        if t - plan.t > self.max_plan_age or t - plan.t >= plan.actions.shape[0]:
+            if t > self.max_plan_age:
+                raise PlanAbortError(f"stale plan at step {t} (newest from step {plan.t}; max_plan_age = "
+                                     f"{self.max_plan_age})")
+            self.plan_ages.append(-1)
+            return np.zeros(self.inbox.dU)  # no fresh action yet this early in the trial: no effort
         return self._take(plan, t)
 
     def _take(self, plan: PlanData, t: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from mbpl_msgs.msg import Plan, PlanRequest
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from mbpl_core.config import from_dict
 from mbpl_core.costs import build_cost
@@ -45,7 +46,10 @@ class PlannerNode(Node):
         self._T = experiment.task.T
         self._times: dict[int, list[float]] = {}  # planning seconds per open trial
         self._pub = self.create_publisher(Plan, "mbpl/plans", PLAN_QOS)
-        self.create_subscription(PlanRequest, "mbpl/plan_requests", self._on_request, PLAN_QOS)
+        # keep only the newest request: in real time the sampler asks every control step, and a planner
+        # slower than that must plan from the latest state, not work through a backlog of stale ones
+        newest_only = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(PlanRequest, "mbpl/plan_requests", self._on_request, newest_only)
         self.get_logger().info(f"planner ({config.planner.method}, horizon {config.planner.horizon}, "
                                f"population {config.planner.population}) over {settings.run_dir / 'model'}")
 

@@ -131,6 +131,10 @@ class SamplerParams:
     max_plan_age: int = param(
         'realtime, policy_kind "mpc": control steps a plan may be behind before the trial aborts (its '
         "actions for the current step are executed meanwhile)", 5)
+    first_plan_wait: int = param(
+        'realtime, policy_kind "mpc": control steps at zero effort a trial waits for its first plan (the '
+        "planner's first plan of a model version includes loading it) before it aborts; at least "
+        "max_plan_age", 25)
     realtime_priority: int = param(
         "realtime mode: SCHED_FIFO priority 1-99 of the control thread (needs root or CAP_SYS_NICE; "
         "refused: logged, normal priority, as ros2_control's controller manager does); 0: normal scheduling",
@@ -161,8 +165,9 @@ class SamplerParams:
         if self.condition_set not in CONDITION_SETS:
             raise ConfigError(f"sampler: condition_set must be one of {CONDITION_SETS}, got "
                               f"{self.condition_set!r}")
-        if self.max_plan_age < 0:
-            raise ConfigError(f"sampler: max_plan_age must be >= 0 steps, got {self.max_plan_age}")
+        if self.max_plan_age < 0 or self.first_plan_wait < 0:
+            raise ConfigError(f"sampler: max_plan_age and first_plan_wait must be >= 0 steps, got "
+                              f"{self.max_plan_age}, {self.first_plan_wait}")
         if self.max_queued_trials < 0 or self.controller_history < 1:
             raise ConfigError("sampler: max_queued_trials must be >= 0 and controller_history >= 1, got "
                               f"{self.max_queued_trials}, {self.controller_history}")
@@ -836,7 +841,8 @@ class Sampler:
                 raise TrialRefusedError('policy_kind "mpc" needs the model version (>= 1) in controller_id')
             source = PlanSource(self.plans, self.io.publish_plan_request, request.trial_id, m, request.seed,
                                 request.controller_id, not self.realtime, self.params.plan_timeout,
-                                self.params.max_plan_age, request.run_token, self._stop)
+                                self.params.max_plan_age, request.run_token, self._stop,
+                                self.params.first_plan_wait)
             return QueuedTrial(request, request.controller_id, source)
         if request.policy_kind == "policy":
             if self._policy is None:
