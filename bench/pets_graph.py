@@ -13,7 +13,7 @@ distillation, and reads the run folder:
 
 Prints the figures and writes bench/results/pets_graph.json.
 Run: ``.venv/bin/python bench/pets_graph.py [--config configs/reacher2_sim.yaml] [--iterations 3]
-[--modes lockstep realtime]``.
+[--modes lockstep realtime] [--set KEY=VALUE ...]``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _read(path: Path) -> str:
     return path.read_text(errors="replace") if path.is_file() else ""
 
 
-def run_mode(config: Path, mode: str, iterations: int, timeout: float) -> dict[str, Any]:
+def run_mode(config: Path, mode: str, iterations: int, timeout: float, extra: list[str]) -> dict[str, Any]:
     """One launch of the PETS graph in ``mode``; its figures."""
     from mbpl_ros.cli import effective_config
     from mbpl_sim.experiment import load_experiment
@@ -57,7 +57,7 @@ def run_mode(config: Path, mode: str, iterations: int, timeout: float) -> dict[s
         tmp = Path(folder)
         run_dir = tmp / "run"
         sets = ["method=pets", f"pets.iterations={iterations}", "pets.distill.enabled=false",
-                f"ros.lockstep={'true' if mode == 'lockstep' else 'false'}"]
+                f"ros.lockstep={'true' if mode == 'lockstep' else 'false'}", *extra]
         path, _ = effective_config(config, sets, run_dir)
         dt = load_experiment(path).task.dt
         start = time.perf_counter()
@@ -93,10 +93,12 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=["lockstep", "realtime"],
                         choices=["lockstep", "realtime"])
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="experiment overrides as for mbpl launch (e.g. ros.nodes.sampler.max_plan_age=14)")
     args = parser.parse_args()
     results = []
     for mode in args.modes:
-        r = run_mode(args.config, mode, args.iterations, args.timeout)
+        r = run_mode(args.config, mode, args.iterations, args.timeout, args.set)
         results.append(r)
         print(f"{mode:9s}: exit {r['returncode']}, {r['wall_s']:.0f} s, {r['mpc_trials']} MPC trials, "
               f"plan age median {r['plan_age_median_steps']} / max {r['plan_age_max_steps']} steps (period "
@@ -107,7 +109,8 @@ def main() -> int:
             print(r["output_tail"])
     out = ROOT / "bench" / "results" / "pets_graph.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": str(args.config), "iterations": args.iterations, "runs": results},
+    out.write_text(json.dumps({"config": str(args.config), "iterations": args.iterations, "set": args.set,
+                               "runs": results},
                               indent=1))
     print(f"wrote {out}")
     return 0 if all(r["returncode"] == 0 for r in results) else 1
