@@ -94,7 +94,7 @@ def main() -> int:
                         choices=["lockstep", "realtime"])
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="experiment overrides as for mbpl launch (e.g. ros.nodes.sampler.max_plan_age=14)")
+                        help="overrides as for mbpl launch, e.g. ros.nodes.sampler.max_plan_age=14")
     args = parser.parse_args()
     results = []
     for mode in args.modes:
