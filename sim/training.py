@@ -186,7 +186,7 @@ class PETSRunner:
     def finish(self, log: Callable[[str], None]) -> dict[str, Any]:
         """Distil the planner into the deployable policy; its held-out figures join the last record."""
         from mbpl_core.guided.mdgps import policy_to_params
-        from mbpl_core.planning.distill import distill_planner
+        from mbpl_core.planning.distill import deployed_round, distill_planner
         from mbpl_core.policy import NumpyPolicy
 
         extra: dict[str, Any] = {}
@@ -210,7 +210,9 @@ class PETSRunner:
             log(f"[mbpl] DAgger round {r.round}: {r.pairs} pairs, loss {r.loss_before:.4g} -> "
                 f"{r.loss_after:.4g}, policy tip distance max {max(r.final_distance):.4f} m on the "
                 "training conditions")
-        extra |= success_fields("policy", list(self.distill_rounds[-1].final_distance), self.threshold)
+        deployed = deployed_round(self.distill_rounds)
+        log(f"[mbpl] deployed policy: DAgger round {deployed.round} (pets.distill.select_best)")
+        extra |= success_fields("policy", list(deployed.final_distance), self.threshold)
         if self.experiment.conditions("held_out"):
             held_out = MujocoEnv(self.experiment, condition_set="held_out")
             numpy_policy = NumpyPolicy(policy_to_params(self.policy))

@@ -276,3 +276,41 @@ def test_dagger_learns_the_expert_labels_at_the_states_the_policy_visited() -> N
     assert max(rounds[0].label_gap) > 1.0, "round 0 must not know the labels already"
     final = NumpyPolicy(policy_to_params(policy)).mean_batch(X_r)
     np.testing.assert_allclose(final, np.tile(label, (len(X_r), 1)), atol=0.25)
+
+
+@pytest.mark.parametrize("select_best", [True, False])
+def test_distillation_deploys_the_round_that_ends_closest_to_the_training_targets(select_best: bool) -> None:
+    """Rollouts whose final distances are set per round (round 1 best): with select_best the returned
+    policy is round 1's network exactly (its actions on the rollout states), marked deployed; without it
+    the last round's."""
+    from mbpl_core.guided.mdgps import policy_to_params
+    from mbpl_core.planning.distill import deployed_round, distill
+    from mbpl_core.policy import NumpyPolicy
+
+    env = PointMassEnv([[0.5, 0.0, 0.0], [0.0, -0.4, 0.2]])
+    expert = LinearExpert()
+    expert_trials = [env.sample(expert, m) for m in range(env.num_conditions)]
+    worst = [0.3, 0.05, 0.2, 0.4]  # the distance each round's rollouts end at
+    probe = np.random.default_rng(0).normal(size=(16, LAYOUT.dX))
+    seen: list[np.ndarray] = []
+
+    def rollouts(policy: NumpyPolicy) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        r = len(seen)
+        seen.append(policy.mean_batch(probe))
+        out = []
+        for m in range(env.num_conditions):
+            X = np.asarray(expert_trials[m].X[0]).copy()
+            X[-1, LAYOUT.ee_points] = 0.0
+            X[-1, LAYOUT.ee_points.start] = worst[r] if m == 0 else 0.01
+            out.append((X, expert_trials[m].U[0], expert_trials[m].U[0]))
+        return out
+
+    config = DistillConfig(rounds=3, select_best=select_best,
+                           policy=GPSConfig(hidden_sizes=(16,), iterations=200, device="cpu"))
+    policy, rounds = distill(expert_trials, rollouts, env.dX, env.dU, LAYOUT, env.effort_limits, config)
+    want = 1 if select_best else 3
+    assert [r.deployed for r in rounds] == [r == want for r in range(4)]
+    assert deployed_round(rounds).final_distance[0] == pytest.approx(worst[want])
+    deployed = NumpyPolicy(policy_to_params(policy))
+    np.testing.assert_allclose(deployed.mean_batch(probe), seen[want], atol=1e-12)
+    assert not np.allclose(seen[1], seen[3])  # training went on after round 1: the rounds differ

@@ -98,6 +98,7 @@ class TrainerNode(Node):
         import json
 
         from mbpl_core.guided.mdgps import policy_to_params, save_policy_checkpoint
+        from mbpl_core.planning.distill import deployed_round
         from mbpl_core.planning.pets import action_box
         from mbpl_core.policy import NumpyPolicy
         from mbpl_ros.model_logic import PlannerService
@@ -118,7 +119,9 @@ class TrainerNode(Node):
         policy, rounds = distill_in_graph(loop, planner, dX, dU, limits, config.distill, log)
         path = save_policy_checkpoint(run_dir / "policy", policy, config.distill.policy)
         (run_dir / "distill.json").write_text(json.dumps([vars(r) for r in rounds], indent=1))
-        extra = success_fields("policy", list(rounds[-1].final_distance), threshold)
+        deployed = deployed_round(rounds)
+        log(f"deployed policy: DAgger round {deployed.round} (pets.distill.select_best)")
+        extra = success_fields("policy", list(deployed.final_distance), threshold)
         if experiment.conditions("held_out"):
             tips = tip_distances(MujocoEnv(experiment, condition_set="held_out"),
                                  [NumpyPolicy(policy_to_params(policy))])
