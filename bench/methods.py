@@ -220,6 +220,8 @@ def main() -> int:
             for seed in args.seeds:
                 row = run_one(task, method, seed, args.quick, log_dir)
                 rows.append(row)
+                # every finished row is kept at once: a long comparison cut short loses nothing done
+                (args.out / "methods_partial.json").write_text(json.dumps({"rows": rows}, indent=1))
                 print(f"{task:10s} {method:8s} seed {seed}: steps to success "
                       f"{_fmt(row['steps_to_success'])}, "
                       f"worst final {100 * row['final_distance_max_m']:.2f} cm, held-out policy "
