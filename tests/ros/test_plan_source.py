@@ -260,3 +260,15 @@ def test_realtime_waits_first_plan_wait_steps_for_the_first_plan_then_max_plan_a
         late.act(t, x)
     with pytest.raises(PlanAbortError, match="none yet; first_plan_wait = 4"):
         late.act(5, x)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_inbox_rejects_plans_with_non_finite_actions(bad: float) -> None:
+    """NaN compares false against the limit, so the limit check alone would let it through."""
+    inbox = PlanInbox(2, LIMITS)
+    inbox.open(7)
+    broken = plan(7, 0)
+    broken.actions[2, 1] = bad
+    with pytest.raises(ShapeError, match="non-finite"):
+        inbox.offer(broken)
+    assert inbox.latest(7) is None

@@ -78,9 +78,13 @@ class PlanInbox:
 
     def offer(self, plan: PlanData) -> None:
         """Store a plan; ShapeError with the reason if it does not fit a running trial or the robot."""
+        if plan.actions.ndim != 2 or plan.actions.shape[0] == 0:
+            raise ShapeError(f"plan actions must be an (h >= 1, dU) array, got shape {plan.actions.shape}")
         if plan.actions.shape[1] != self.dU:
             raise ShapeError(f"plan has {plan.actions.shape[1]} actions per step, the robot has "
                              f"dU = {self.dU}")
+        if not np.all(np.isfinite(plan.actions)):
+            raise ShapeError("plan actions with non-finite entries")
         over = np.abs(plan.actions) > self.effort_limits * (1.0 + 1e-9)
         if np.any(over):
             step, joint = np.argwhere(over)[0]
