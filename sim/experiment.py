@@ -74,6 +74,13 @@ class ExperimentConfig:
         build_conditions(self.task, "held_out", self.robot.dQ)
         build_conditions(self.task, "validation", self.robot.dQ)
 
+    def to_raw(self) -> dict[str, Any]:
+        """The experiment as the YAML mapping it reads from (every method's section at the top level)."""
+        from mbpl_core.config import to_dict
+
+        raw = {k: v for k, v in to_dict(self).items() if k not in ("source", "sections")}
+        return raw | {k: dict(v) for k, v in self.sections.items()}
+
     @property
     def pets(self) -> dict[str, Any]:
         """The raw ``pets:`` section (empty if absent)."""

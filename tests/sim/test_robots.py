@@ -197,12 +197,13 @@ def test_mjcf_robot_with_a_site_frame_gets_motors_instead_of_its_actuators(custo
 
 @pytest.mark.parametrize("name", ["reacher2_sim", "arm7_reach", "arm7_peg"])
 def test_shipped_experiment_round_trips_and_its_sections_fit_the_core_schemas(name: str) -> None:
-    from mbpl_core.config import from_dict, to_dict
+    from mbpl_core.config import from_dict
     from mbpl_core.costs import CostConfig, build_cost
     from mbpl_core.local.lqr_flm import AlgorithmConfig
 
     experiment = load_experiment(REPO / "configs" / f"{name}.yaml")
-    raw = {k: v for k, v in to_dict(experiment).items() if k != "source"}
+    raw = experiment.to_raw()
+    assert "sections" not in raw and set(experiment.sections) <= set(raw)
     again = experiment_from_dict(yaml.safe_load(yaml.safe_dump(raw)))
     assert replace(again, source=experiment.source) == experiment
     cost = build_cost(from_dict(CostConfig, experiment.cost, "cost"), experiment.layout, experiment.robot.dQ)
