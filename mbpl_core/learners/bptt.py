@@ -42,8 +42,7 @@ from mbpl_core.config import ConfigError
 from mbpl_core.containers import SampleBatch
 from mbpl_core.costs import Cost
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
-from mbpl_core.models.ensemble import transitions_from_trajectories
-from mbpl_core.planning.pets import PlanningEnvironment, UniformRandomPolicy, final_tip_distance
+from mbpl_core.planning.pets import PlanningEnvironment, UniformRandomPolicy, final_tip_distance, refit_inputs
 from mbpl_core.policy import GPSConfig, PolicyParams, save_numpy_policy
 
 # A state entry whose std in the data is below this is constant (e.g. the height of a planar arm's tip): the
@@ -423,11 +422,7 @@ class BPTT:
 
     def fit_model(self) -> TrainReport:
         """Fit the ensemble to every transition so far (one CPU thread, as PETS: reproducible)."""
-        X, U, X_next = transitions_from_trajectories(np.concatenate([b.X for b in self.data]),
-                                                     np.concatenate([b.U for b in self.data]))
-        if self.config.retrain == "scratch":
-            fresh = ProbabilisticEnsemble(self.env.dX, self.env.dU, self.config.model, self.rng)
-            self.model.load_state_dict(fresh.state_dict())
+        X, U, X_next = refit_inputs(self.model, self.data, self.config.retrain, self.rng)
         if not self._normalised:  # once, from the first data: later refits would move the policy
             for net in (self.policy, self.value, self.value_target):
                 if net is not None:

@@ -189,11 +189,7 @@ class PETS:
 
     def fit_model(self) -> TrainReport:
         """Fit the ensemble to every transition collected so far."""
-        X, U, X_next = transitions_from_trajectories(np.concatenate([b.X for b in self.data]),
-                                                     np.concatenate([b.U for b in self.data]))
-        if self.config.retrain == "scratch":
-            fresh = ProbabilisticEnsemble(self.env.dX, self.env.dU, self.config.model, self.rng)
-            self.model.load_state_dict(fresh.state_dict())
+        X, U, X_next = refit_inputs(self.model, self.data, self.config.retrain, self.rng)
         # One CPU thread: the same result whatever the machine's core count (torch's reductions split
         # differently over threads), and faster than two on small shared machines (bench/ensemble.py).
         threads = torch_threads(1) if self.model.device.type == "cpu" else contextlib.nullcontext()
@@ -241,6 +237,18 @@ class PETS:
         return {"config": self.config, "data": list(self.data), "env_steps": self.env_steps,
                 "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
                 "rng": self.rng.bit_generator.state, "reports": list(self.reports)}
+
+
+def refit_inputs(model: ProbabilisticEnsemble, data: Sequence[SampleBatch], retrain: str,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Before a refit on every trajectory so far: the transitions (X, U, X_next) of ``data``; with
+    ``retrain == "scratch"`` the ensemble gets fresh weights first (drawn from ``rng``)."""
+    X, U, X_next = transitions_from_trajectories(np.concatenate([b.X for b in data]),
+                                                 np.concatenate([b.U for b in data]))
+    if retrain == "scratch":
+        fresh = ProbabilisticEnsemble(model.dX, model.dU, model.config, rng)
+        model.load_state_dict(fresh.state_dict())
+    return X, U, X_next
 
 
 def final_tip_distance(layout: StateLayout, batch: SampleBatch) -> float:
