@@ -111,7 +111,8 @@ def policy_action_bound(params: PolicyParams, box: StateBox) -> tuple[np.ndarray
     """(a sound bound of max |mlp(normalise(x[obs_indices]))| over the box, sqrt(diag action_covar)), (dU,).
 
     Interval bound propagation: an interval [lo, hi] goes through W as centre W m + b, radius |W| h,
-    and through relu/tanh endpoint-wise (both are monotone).
+    and through relu/tanh endpoint-wise (both are monotone); so does a squashed output
+    (u = action_bias + action_scale ⊙ tanh(h), scale > 0), whose bound is at most |bias| + scale.
     """
     idx = np.asarray(params.obs_indices, dtype=np.int64)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -125,6 +126,9 @@ def policy_action_bound(params: PolicyParams, box: StateBox) -> tuple[np.ndarray
             if n < last:
                 lo, hi = (np.maximum(lo, 0.0), np.maximum(hi, 0.0)) if params.activation == "relu" \
                     else (np.tanh(lo), np.tanh(hi))
+        if params.squashed:
+            lo = params.action_bias + params.action_scale * np.tanh(lo)
+            hi = params.action_bias + params.action_scale * np.tanh(hi)
         std = np.sqrt(np.diagonal(params.action_covar))
     return np.maximum(np.abs(lo), np.abs(hi)), std
 
@@ -154,11 +158,14 @@ def require_params_shape(params: PolicyParams, dX: int, dU: int) -> None:
 def policy_gain_bound(params: PolicyParams) -> float:
     """A sound bound of every |∂u_i/∂x_j| of the MLP over all x: max entry of |W_L| ··· |W_1| diag(1/obs_std).
 
-    relu and tanh have slopes in [0, 1], so each Jacobian entry is at most that of the absolute product.
+    relu and tanh have slopes in [0, 1], so each Jacobian entry is at most that of the absolute product;
+    a squashed output (action_scale ⊙ tanh) multiplies row i by at most action_scale_i.
     """
     with np.errstate(over="ignore", invalid="ignore"):
         product = np.abs(params.weights[0][0]) / params.obs_std
         for W, _ in params.weights[1:]:
             product = np.abs(W) @ product
+        if params.squashed:
+            product = np.asarray(params.action_scale)[:, None] * product
         worst = float(np.max(product, initial=0.0))
     return worst if np.isfinite(worst) else math.inf

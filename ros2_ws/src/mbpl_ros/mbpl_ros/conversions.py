@@ -325,12 +325,9 @@ def policy_params_to_msg(
     """Message of a policy (mbpl_core.policy.PolicyParams): every layer's W (out, in) row-major then b (out,).
 
     Also carries obs_indices (dO,) and state_dim dX, so a policy that observes a subset of the state
-    is applied to the same entries of x on the receiving side. A squashed policy (params.squash "tanh")
-    is refused with ShapeError: the message has no fields for the squash yet, and dropping it would
-    deploy a different policy.
+    is applied to the same entries of x on the receiving side, and the output map: squash "tanh" with
+    action_scale, action_bias (dU,) each, or squash "" with both empty (unsquashed).
     """
-    if params.squashed:
-        raise ShapeError(f"PolicyParameters cannot carry squash={params.squash!r} outputs yet")
     msg = PolicyParametersMsg()
     _header_stamp(msg, stamp)
     msg.run_token = str(run_token)
@@ -338,6 +335,10 @@ def policy_params_to_msg(
     msg.obs_dim, msg.act_dim = params.dO, params.dU
     msg.layer_sizes = array.array("I", params.layer_sizes)
     msg.activation = params.activation
+    msg.squash = params.squash if params.squashed else ""
+    if params.squashed:
+        msg.action_scale = _to_array_d(np.asarray(params.action_scale))
+        msg.action_bias = _to_array_d(np.asarray(params.action_bias))
     parts = [p for w, b in params.weights for p in (w.ravel(), b)]
     msg.weights = _to_array_d(np.concatenate(parts))
     msg.obs_mean = _to_array_d(params.obs_mean)
@@ -377,8 +378,9 @@ def msg_to_policy_params(msg: PolicyParametersMsg) -> PolicyParams:
     """mbpl_core.policy.PolicyParams from its message; ShapeError naming the inconsistency if malformed.
 
     Checks the layer sizes against obs_dim/act_dim and the weights' length, finite values, obs_std > 0,
-    a relu/tanh activation, a symmetric positive definite action_covar (act_dim, act_dim), and
-    obs_indices inside [0, state_dim) (state_dim 0: max(obs_indices) + 1).
+    a relu/tanh activation, a symmetric positive definite action_covar (act_dim, act_dim),
+    obs_indices inside [0, state_dim) (state_dim 0: max(obs_indices) + 1), and the output map (squash ""
+    with empty action_scale / action_bias, or "tanh" with both (act_dim,), finite, scale > 0).
     """
     sizes = [int(s) for s in msg.layer_sizes]
     if len(sizes) < 2 or min(sizes) < 1:
@@ -396,8 +398,28 @@ def msg_to_policy_params(msg: PolicyParametersMsg) -> PolicyParams:
     _check_symmetric("PolicyParameters.action_covar", covar)
     batched_cholesky("PolicyParameters.action_covar", covar[None])
     state_dim = int(msg.state_dim) or None
+    squash, scale, bias = _squash(msg, act_dim)
     return PolicyParams(weights=layers, activation=msg.activation, obs_mean=obs_mean, obs_std=obs_std,
-                        obs_indices=_obs_indices(msg, obs_dim), action_covar=covar, state_dim=state_dim)
+                        obs_indices=_obs_indices(msg, obs_dim), action_covar=covar, state_dim=state_dim,
+                        squash=squash, action_scale=scale, action_bias=bias)
+
+
+def _squash(msg: PolicyParametersMsg, act_dim: int) -> tuple[str, np.ndarray | None, np.ndarray | None]:
+    """(squash, action_scale, action_bias) of the message: "none" with both empty, or "tanh" with each
+    (act_dim,), finite, scale > 0; ShapeError otherwise."""
+    squash = str(msg.squash) or "none"
+    if squash == "none":
+        if len(msg.action_scale) or len(msg.action_bias):
+            raise ShapeError("PolicyParameters.action_scale / action_bias need squash 'tanh' (squash is "
+                             f"{msg.squash!r})")
+        return "none", None, None
+    if squash != "tanh":
+        raise ShapeError(f"PolicyParameters.squash {msg.squash!r} is not one of ['', 'none', 'tanh']")
+    scale = _from_field(msg, "action_scale", (act_dim,), "PolicyParameters").copy()
+    bias = _from_field(msg, "action_bias", (act_dim,), "PolicyParameters").copy()
+    if not np.all(scale > 0):
+        raise ShapeError(f"PolicyParameters.action_scale must be > 0, got {scale}")
+    return "tanh", scale, bias
 
 
 # ------------------------------------------------------------------------------------------------ plans
