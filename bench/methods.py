@@ -168,6 +168,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+RESULTS = ROOT / "bench" / "results"
+
+
 def write_doc(text: str, commands: list[str], machine: dict[str, Any]) -> None:
     """docs/methods.md: the table with the commands that measured it."""
     doc = ROOT / "docs" / "methods.md"
@@ -189,7 +192,7 @@ def merge(paths: list[Path], out: Path) -> int:
               "command": "; ".join(r["command"] for r in results), "rows": rows, "table": text}
     (out / "methods.json").write_text(json.dumps(merged, indent=1))
     plot(rows, out / "methods.png")
-    if not merged["quick"]:
+    if not merged["quick"] and out.resolve() == RESULTS.resolve():
         write_doc(text, [r["command"] for r in results], merged["machine"])
     return 0
 
@@ -200,7 +203,8 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "pets"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test, not figures")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results folder; docs/methods.md is rewritten only for the default one")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                         help="no runs: one table, plot and docs/methods.md from earlier methods.json files")
     args = parser.parse_args()
@@ -236,7 +240,7 @@ def main() -> int:
               "rows": rows, "table": text}
     (args.out / "methods.json").write_text(json.dumps(result, indent=1))
     plot(rows, args.out / "methods.png")
-    if not args.quick:
+    if not args.quick and args.out.resolve() == RESULTS.resolve():
         write_doc(text, [result["command"]], result["machine"])
     print(f"wrote {args.out / 'methods.json'} and {args.out / 'methods.png'}")
     return 0
