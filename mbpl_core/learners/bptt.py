@@ -345,6 +345,20 @@ class BPTTIterationReport:
     sampling_s: float
 
 
+@dataclass(frozen=True)
+class TrainedStep:
+    """What :meth:`BPTT.train` did: the model fit, J_H at the start and end of the policy steps, their
+    median gradient norm, the last TD loss (NaN without a value), seconds of each part."""
+
+    model: TrainReport
+    objective_start: float
+    objective_end: float
+    grad_norm: float
+    value_loss: float
+    model_s: float
+    policy_s: float
+
+
 class ExplorationPolicy:
     """u = π(x) + exploration_std · effort_limits ⊙ ε, ε ~ N(0, I) from ``rng`` (the env clips)."""
 
@@ -409,8 +423,7 @@ class BPTT:
 
     def _collect(self, policy: Any, condition: int) -> SampleBatch:
         batch = self.env.sample(policy, condition, None)
-        self.data.append(batch)
-        self.env_steps += batch.T
+        self.add_trial(batch)
         return batch
 
     def collect_random(self) -> None:
@@ -569,28 +582,45 @@ class BPTT:
         """Fit the model to all data, train the policy through it, run and aggregate the real trials."""
         if not self.data:
             self.collect_random()
+        trained = self.train()
+        start = time.perf_counter()
+        explorer = ExplorationPolicy(self.policy, self.exploration_std(), self.rng)
+        trials = [[self._collect(explorer, m) for _ in range(self.config.trials_per_condition)]
+                  for m in range(self.env.num_conditions)]
+        return self.close_iteration(trained, trials, time.perf_counter() - start)
+
+    def exploration_std(self) -> np.ndarray:
+        """(dU,) std of the Gaussian noise on the real trials' actions: exploration_std × effort limits."""
+        return self.config.exploration_std * np.asarray(self.env.effort_limits, dtype=np.float64)
+
+    def train(self) -> TrainedStep:
+        """The first half of an iteration: the ensemble fitted to all data, then the policy trained."""
         start = time.perf_counter()
         report = self.fit_model()
         model_s = time.perf_counter() - start
         start = time.perf_counter()
         with self._threads():
             J0, J1, grad_norm, value_loss = self.train_policy()
-        policy_s = time.perf_counter() - start
-        start = time.perf_counter()
-        std = self.config.exploration_std * np.asarray(self.env.effort_limits, dtype=np.float64)
-        explorer = ExplorationPolicy(self.policy, std, self.rng)
-        costs, distances = [], []
-        for m in range(self.env.num_conditions):
-            trials = [self._collect(explorer, m) for _ in range(self.config.trials_per_condition)]
-            costs.append(float(np.mean([self._trajectory_cost(b) for b in trials])))
-            distances.append(final_tip_distance(self.env.layout, trials[-1]))
+        return TrainedStep(report, J0, J1, grad_norm, value_loss, model_s, time.perf_counter() - start)
+
+    def close_iteration(self, trained: TrainedStep, trials: Sequence[Sequence[SampleBatch]],
+                        sampling_s: float) -> BPTTIterationReport:
+        """The second half: the report of the exploring trials (already in ``data``), per condition."""
+        costs = [float(np.mean([self._trajectory_cost(b) for b in ts])) for ts in trials]
+        distances = [final_tip_distance(self.env.layout, ts[-1]) for ts in trials]
+        t = trained
         result = BPTTIterationReport(
             iteration=len(self.reports), mean_cost=tuple(costs), final_distance=tuple(distances),
-            env_steps=self.env_steps, model=report, holdout_nll=report.elite_holdout_nll, objective_start=J0,
-            objective_end=J1, grad_norm=grad_norm, value_loss=value_loss, model_s=model_s, policy_s=policy_s,
-            sampling_s=time.perf_counter() - start)
+            env_steps=self.env_steps, model=t.model, holdout_nll=t.model.elite_holdout_nll,
+            objective_start=t.objective_start, objective_end=t.objective_end, grad_norm=t.grad_norm,
+            value_loss=t.value_loss, model_s=t.model_s, policy_s=t.policy_s, sampling_s=sampling_s)
         self.reports.append(result)
         return result
+
+    def add_trial(self, batch: SampleBatch) -> None:
+        """A real trial run elsewhere (the graph's sampler) joins the data: ``data`` and ``env_steps``."""
+        self.data.append(batch)
+        self.env_steps += batch.T
 
     def run(self, iterations: int | None = None) -> list[BPTTIterationReport]:
         """config.iterations (or ``iterations``) iterations."""
@@ -630,7 +660,7 @@ def policy_to_params(policy: SquashedMLPPolicy, action_std: np.ndarray) -> Polic
 
 def deployable_params(learner: BPTT) -> PolicyParams:
     """The learner's policy as PolicyParams; action_covar: its exploration noise (floored, so PD)."""
-    std = learner.config.exploration_std * np.asarray(learner.env.effort_limits, dtype=np.float64)
+    std = learner.exploration_std()
     return policy_to_params(learner.policy, np.maximum(std, 1e-6))
 
 

@@ -36,7 +36,7 @@ import torch
 
 from mbpl_core.config import ConfigError
 from mbpl_core.costs import Cost
-from mbpl_core.learners.sac import SACAgentConfig, build_sac
+from mbpl_core.learners.sac import SACAgentConfig, build_sac, check_exploration_std
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
 
 
@@ -51,7 +51,8 @@ class MBPOConfig:
     epoch_max, linear (floored) between (epoch = iteration + 1); model_retain_iterations: the model
     buffer holds this many iterations of rollouts (at k_max); updates_per_step: G, SAC gradient steps per
     real step; real_ratio: fraction of real transitions in each minibatch; seed: every draw (SB3's too);
-    model: the ensemble; agent: the SAC learner.
+    model: the ensemble; agent: the SAC learner; graph_exploration_std: as ``sac.graph_exploration_std``
+    (the sampler's action noise through the graph, fraction of the effort limits).
     """
 
     iterations: int = 10
@@ -67,8 +68,10 @@ class MBPOConfig:
     seed: int = 0
     model: EnsembleConfig = field(default_factory=EnsembleConfig)
     agent: SACAgentConfig = field(default_factory=SACAgentConfig)
+    graph_exploration_std: float = 0.2
 
     def __post_init__(self) -> None:
+        check_exploration_std("mbpo", self.graph_exploration_std)
         positive = ("steps_per_iteration", "model_train_every", "rollout_every", "rollout_batch_size",
                     "model_retain_iterations", "updates_per_step")
         for name in positive:
@@ -292,6 +295,7 @@ class MBPO:
         self.reports: list[MBPOIterationReport] = []
         self.last_fit: TrainReport | None = None
         self._counts = {"fits": 0, "rounds": 0, "model_s": 0.0, "rollout_s": 0.0}
+        self._start = time.perf_counter()
 
     @property
     def buffer(self) -> Any:
@@ -354,16 +358,27 @@ class MBPO:
 
     def iteration(self) -> MBPOIterationReport:
         """One epoch: steps_per_iteration real steps with the model fits, rollouts and SAC updates."""
-        start = time.perf_counter()
-        self._counts = {"fits": 0, "rounds": 0, "model_s": 0.0, "rollout_s": 0.0}
-        k = self.rollout_k
+        self.begin_iteration()
         self.sac.learn(self.config.steps_per_iteration, callback=_callback(self), reset_num_timesteps=False)
+        return self.end_iteration()
+
+    def begin_iteration(self) -> None:
+        """Start an epoch's counters and clock (its k is :attr:`rollout_k` until :meth:`end_iteration`).
+
+        Between the two, the real steps arrive either from SB3's own rollout collection
+        (:meth:`iteration`) or whole trials at a time (:class:`mbpl_core.learners.episodic.EpisodicMBPO`,
+        the graph's trainer); both call :meth:`on_env_step` after every real step."""
+        self._start = time.perf_counter()
+        self._counts = {"fits": 0, "rounds": 0, "model_s": 0.0, "rollout_s": 0.0}
+
+    def end_iteration(self) -> MBPOIterationReport:
+        """Close the epoch begun by :meth:`begin_iteration`: its report (appended to ``reports``)."""
         nll = float(self.last_fit.elite_holdout_nll) if self.last_fit is not None else float("nan")
         report = MBPOIterationReport(
-            iteration=len(self.reports), env_steps=int(self.sac.num_timesteps), rollout_length=k,
+            iteration=len(self.reports), env_steps=int(self.sac.num_timesteps), rollout_length=self.rollout_k,
             model_fits=int(self._counts["fits"]), rollout_rounds=int(self._counts["rounds"]),
             model_rows=int(self.buffer.model.size), holdout_nll=nll, model_s=float(self._counts["model_s"]),
-            rollout_s=float(self._counts["rollout_s"]), total_s=time.perf_counter() - start)
+            rollout_s=float(self._counts["rollout_s"]), total_s=time.perf_counter() - self._start)
         self.reports.append(report)
         return report
 

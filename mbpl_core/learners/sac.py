@@ -91,7 +91,9 @@ class SACConfig:
     iterations: rounds of ``steps_per_iteration`` real environment steps, each followed by a noiseless
     evaluation of the deterministic actor; learning_starts: uniformly random steps before the first
     update (SB3); gradient_steps: SAC updates per environment step; seed: SB3's seed (weights, replay
-    sampling, exploration) and the environment's; agent: the learner.
+    sampling, exploration) and the environment's; agent: the learner; graph_exploration_std: through the
+    graph (``mbpl launch``) only, the std of the sampler's Gaussian action noise, a fraction of each effort
+    limit (see :mod:`mbpl_core.learners.episodic`; ``mbpl train`` explores with SB3's own policy noise).
     """
 
     iterations: int = 20
@@ -100,6 +102,7 @@ class SACConfig:
     gradient_steps: int = 1
     seed: int = 0
     agent: SACAgentConfig = field(default_factory=SACAgentConfig)
+    graph_exploration_std: float = 0.2
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.steps_per_iteration < 1:
@@ -108,6 +111,13 @@ class SACConfig:
         if self.learning_starts < 0 or self.gradient_steps < 1:
             raise ConfigError(f"sac.learning_starts must be >= 0 and sac.gradient_steps >= 1, got "
                               f"{self.learning_starts}, {self.gradient_steps}")
+        check_exploration_std("sac", self.graph_exploration_std)
+
+
+def check_exploration_std(section: str, value: float) -> None:
+    """ConfigError unless ``<section>.graph_exploration_std`` is a positive finite number."""
+    if not (np.isfinite(value) and value > 0):
+        raise ConfigError(f"{section}.graph_exploration_std must be > 0, got {value!r}")
 
 
 def build_sac(env: gym.Env, agent: SACAgentConfig, *, learning_starts: int, gradient_steps: int, seed: int,

@@ -149,13 +149,15 @@ def test_graph_from_the_demo_experiment() -> None:
 
 def test_each_method_gets_its_learning_nodes(tmp_path: Path) -> None:
     names = {method: [s.name for s in graph_from_experiment(tmp_path / "x.yaml", {"method": method})]
-             for method in ("lqr_flm", "mdgps", "pets")}
+             for method in ("lqr_flm", "mdgps", "pets", "sac", "mbpo", "bptt")}
     assert names["lqr_flm"] == names["mdgps"] == ["sim", "sampler", "fitting", "ilqr", "trainer"]
     assert names["pets"] == ["sim", "sampler", "model", "planner", "trainer"]
+    # the policy learners train inside the trainer: no learning node of their own
+    assert names["sac"] == names["mbpo"] == names["bptt"] == ["sim", "sampler", "trainer"]
     specs = graph_from_experiment(tmp_path / "x.yaml", {"method": "pets"}, run_token="abc")
     assert all(s.parameters.get("run_token") == "abc" for s in specs if s.name != "sim")
     with pytest.raises(ConfigError, match="does not run through the graph"):
-        graph_from_experiment(tmp_path / "x.yaml", {"method": "sac"})
+        graph_from_experiment(tmp_path / "x.yaml", {"method": "dyna"})
 
 
 def test_ros_section_options_and_errors(tmp_path: Path) -> None:

@@ -84,14 +84,26 @@ def test_eval_with_a_missing_checkpoint_is_one_error_and_leaves_no_run_folder(
     assert not run.exists()
 
 
-@pytest.mark.parametrize("method", ["sac", "mbpo", "bptt"])
 def test_launch_of_a_method_the_graph_does_not_run_is_one_error_before_the_run_folder(
-        tmp_path: Path, capsys: pytest.CaptureFixture, method: str) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mbpl_ros import bringup
+
+    # every shipped method runs through the graph now; a method without graph nodes is still refused early
+    graph_methods = {k: v for k, v in bringup.METHOD_NODES.items() if k != "sac"}
+    monkeypatch.setattr(bringup, "METHOD_NODES", graph_methods)
     run = tmp_path / "run"
-    assert main(["launch", CONFIG, "--set", f"method={method}", "--run-dir", str(run)]) == 2
+    assert main(["launch", CONFIG, "--set", "method=sac", "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
-    assert f"method: {method!r} does not run through the graph" in err and "Traceback" not in err
+    assert "method: 'sac' does not run through the graph" in err and "Traceback" not in err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("method", ["sac", "mbpo", "bptt"])
+def test_the_policy_learners_pass_the_graph_check(tmp_path: Path, method: str) -> None:
+    from mbpl_ros.cli import effective_config
+
+    path, raw = effective_config(CONFIG, [f"method={method}"], tmp_path / "run", graph=True)
+    assert path.is_file() and raw["method"] == method
 
 
 def test_env_steps_count_the_step_checks_noiseless_trials(tmp_path: Path) -> None:

@@ -60,6 +60,10 @@ METHOD_NODES = {
     "lqr_flm": ("sim", "sampler", "fitting", "ilqr", "trainer"),
     "mdgps": ("sim", "sampler", "fitting", "ilqr", "trainer"),
     "pets": ("sim", "sampler", "model", "planner", "trainer"),
+    # the policy learners train in the trainer itself (model, rollouts, SAC updates): off the robot's path
+    "sac": ("sim", "sampler", "trainer"),
+    "mbpo": ("sim", "sampler", "trainer"),
+    "bptt": ("sim", "sampler", "trainer"),
 }
 REQUIRED_NODE = "trainer"
 # each graph node's declared parameter schema (module:class), imported only to check ros.nodes entries

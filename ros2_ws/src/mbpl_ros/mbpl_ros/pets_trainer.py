@@ -38,6 +38,7 @@ from mbpl_ros.trainer_logic import (
     TrialResult,
     final_distances,
     load_state,
+    run_policy_trial,
     sample_costs,
     save_state,
     trial_id,
@@ -178,21 +179,13 @@ class PETSTrainerLoop:
         self.transport.publish_policy(policy.params, policy_id)
         out = []
         for m in range(self.settings.num_conditions):
-            ran = "no sample"
-            for attempt in range(self.settings.max_attempts):
+            def request(attempt: int, m: int = m) -> TrialRequest:
                 tid = trial_id(self.state.session, policy_id % 10_000, m, DISTILL_INDEX, attempt)
-                request = TrialRequest(condition=m, trial_id=tid, controller_id=policy_id, seed=0,
-                                       add_noise=False, policy_kind="policy")
-                result = self.transport.run_trial(request)
-                if result is not None and not result.meta.aborted and result.meta.controller_id == policy_id:
-                    out.append(result)
-                    break
-                if result is not None:
-                    ran = (f"aborted: {result.meta.abort_reason}" if result.meta.aborted
-                           else f"ran policy {result.meta.controller_id}")
-                time.sleep(min(2.0, 0.1 * 2**attempt))  # give the policy message time to arrive
-            else:
-                raise TrialFailedError(f"policy trial of condition {m} failed ({ran}, expected {policy_id})")
+                return TrialRequest(condition=m, trial_id=tid, controller_id=policy_id, seed=0,
+                                    add_noise=False, policy_kind="policy")
+
+            out.append(run_policy_trial(self.transport, request, policy_id, self.settings.max_attempts,
+                                        f"policy trial of condition {m}"))
         return out
 
 

@@ -248,6 +248,27 @@ class TrialFailedError(RuntimeError):
     """A trial produced no usable sample in max_attempts attempts."""
 
 
+def run_policy_trial(transport: Any, request: Callable[[int], TrialRequest], policy_id: int,
+                     max_attempts: int, what: str) -> TrialResult:
+    """A trial of the published policy ``policy_id``: ``request(attempt)`` until one ran that policy.
+
+    The sampler runs whatever policy it holds (``policy_kind "policy"``), so a trial asked for before the
+    new policy arrived runs the previous one: such a trial, an aborted one or a missing one is discarded
+    and asked for again after a short wait (0.1 s doubling, at most 2 s). TrialFailedError naming ``what``
+    after max_attempts.
+    """
+    ran = "no sample"
+    for attempt in range(max_attempts):
+        result = transport.run_trial(request(attempt))
+        if result is not None and not result.meta.aborted and result.meta.controller_id == policy_id:
+            return result
+        if result is not None:
+            ran = (f"aborted: {result.meta.abort_reason}" if result.meta.aborted
+                   else f"ran policy {result.meta.controller_id}")
+        time.sleep(min(2.0, 0.1 * 2**attempt))  # give the policy message time to arrive
+    raise TrialFailedError(f"{what} failed ({ran}, expected policy {policy_id})")
+
+
 def sample_costs(cost: Cost, batch: SampleBatch) -> np.ndarray:
     """Total cost Σ_t c(x_t, u_t) of each sample of a batch: (N,)."""
     out = np.empty(batch.N)

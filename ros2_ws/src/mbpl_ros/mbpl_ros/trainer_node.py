@@ -1,4 +1,4 @@
-"""Trainer node: runs the LQR-FLM or MDGPS iterations of :class:`mbpl_ros.trainer_logic.TrainerLoop` over DDS.
+"""Trainer node: runs the experiment's method over DDS (LQR-FLM, MDGPS, PETS, SAC, MBPO, BPTT).
 
 Calls ``mbpl/run_trial`` and waits for each sample on ``mbpl/samples``, records every sample to
 rosbag2 (``<run_dir>/bags``), calls ``mbpl/fit_dynamics`` then ``mbpl/update_controller`` per condition
@@ -9,6 +9,9 @@ A restarted trainer resumes at its last finished iteration and keeps the samples
 With ``method: mdgps`` in the experiment, :class:`mbpl_ros.gps_hooks.GPSHooks` adds the policy: it
 linearises it as the KL reference of each LQR step, trains it (S-step) on the new controllers, writes
 ``<run_dir>/policy`` and publishes it on ``mbpl/policy``, and evaluates it after every iteration.
+PETS runs :class:`mbpl_ros.pets_trainer.PETSTrainerLoop`; SAC, MBPO and BPTT
+:class:`mbpl_ros.learner_trainer.LearnerTrainerLoop` (the learner trains here, the sampler runs its
+policy with exploration noise).
 
 The loop runs in the main thread; a MultiThreadedExecutor in a background thread serves the clients'
 responses and the sample subscription (a reentrant callback group, so waiting never blocks them).
@@ -131,8 +134,45 @@ class TrainerNode(Node):
         return extra
 
 
+    def train_learner(self) -> None:
+        """SAC, MBPO, BPTT: :class:`mbpl_ros.learner_trainer.LearnerTrainerLoop` over the method's learner."""
+        from mbpl_core.policy import NumpyPolicy
+        from mbpl_ros.learner_trainer import LEARNERS, LearnerLoopSettings, LearnerTrainerLoop
+        from mbpl_sim.env import MujocoEnv
+        from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD
+        from mbpl_sim.training import tip_distances
+
+        experiment, run_dir = self.settings.experiment, self.settings.run_dir
+        cost = build_cost(self.settings.cost, experiment.layout, experiment.robot.dQ)
+        learner = LEARNERS[experiment.method](experiment, cost, MujocoEnv(experiment))
+        iterations = learner.num_iterations if self.params.iterations < 0 else self.params.iterations
+        seed = int(experiment.section(experiment.method).get("seed", 0))
+        settings = LearnerLoopSettings(self.settings.num_conditions, iterations, seed,
+                                       self.params.max_attempts)
+        threshold = DEFAULT_SUCCESS_THRESHOLD.get(experiment.task.scene, 0.02)
+        held_out_env = MujocoEnv(experiment, condition_set="held_out") if experiment.conditions("held_out") \
+            else None
+
+        def held_out(params: Any) -> list[float]:
+            assert held_out_env is not None
+            return tip_distances(held_out_env, [NumpyPolicy(params)])
+
+        log = self.get_logger().info
+        loop = LearnerTrainerLoop(run_dir, settings, self.transport, cost, experiment.layout, learner,
+                                  threshold, held_out if held_out_env is not None else None, log)
+        history = list(loop.run().history)
+        json_path, png = write_history(run_dir, history, f"{experiment.name} ({experiment.method}, graph)")
+        last = history[-1] if history else {}
+        self.get_logger().info(
+            f"{SUMMARY_PREFIX}{len(history)} iterations, {last.get('env_steps', 0)} env steps; deployed "
+            f"policy final distance (cm) {[round(100 * d, 2) for d in last.get('eval_final_distance', [])]}, "
+            f"held-out success rate {last.get('policy_held_out_success_rate', 'n/a')} (in simulation); "
+            f"policy {run_dir / 'policy'}; history {json_path}, plot {png}")
+
+
 TRAINERS = {"lqr_flm": TrainerNode.train_local, "mdgps": TrainerNode.train_local,
-            "pets": TrainerNode.train_pets}
+            "pets": TrainerNode.train_pets, "sac": TrainerNode.train_learner,
+            "mbpo": TrainerNode.train_learner, "bptt": TrainerNode.train_learner}
 
 
 def _spin(executor: MultiThreadedExecutor) -> None:
