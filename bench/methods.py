@@ -48,8 +48,20 @@ QUICK = {
     "pets": ["pets.planner.population=32", "pets.planner.elites=4", "pets.planner.horizon=4",
              "pets.planner.iterations=1", "pets.model.max_epochs=3", "pets.distill.rounds=1",
              "pets.distill.policy.iterations=50"],
+    "sac": ["sac.steps_per_iteration=100", "sac.learning_starts=50", "sac.agent.batch_size=32"],
+    "mbpo": ["mbpo.steps_per_iteration=100", "mbpo.initial_random_steps=100", "mbpo.model_train_every=100",
+             "mbpo.rollout_batch_size=20", "mbpo.updates_per_step=1", "mbpo.model.max_epochs=3",
+             "mbpo.agent.batch_size=32"],
+    "bptt": ["bptt.gradient_steps=5", "bptt.model.max_epochs=3", "bptt.value.warmup_steps=5"],
 }
 QUICK_ITERATIONS = 2
+# methods of the table that are settings of a registered method: name -> (method, its --set assignments)
+VARIANTS = {"bptt_svg": ("bptt", ["bptt.value.enabled=true"])}
+
+
+def method_of(name: str) -> tuple[str, list[str]]:
+    """The registered method behind a table method name, and the settings that make the variant."""
+    return VARIANTS.get(name, (name, []))
 
 
 def seed_overrides(method: str, seed: int) -> list[str]:
@@ -93,7 +105,8 @@ def summarise(task: str, method: str, seed: int, history: list[dict[str, Any]], 
     return row
 
 
-def run_one(task: str, method: str, seed: int, quick: bool, log_dir: Path) -> dict[str, Any]:
+def run_one(task: str, method: str, seed: int, quick: bool, log_dir: Path, extra: list[str] | None = None,
+            ) -> dict[str, Any]:
     """Train ``method`` on ``task`` with ``seed`` in a scratch run folder; its summary row."""
     from mbpl_ros.cli import effective_config
     from mbpl_sim.experiment import load_experiment
@@ -101,7 +114,9 @@ def run_one(task: str, method: str, seed: int, quick: bool, log_dir: Path) -> di
 
     with tempfile.TemporaryDirectory(prefix=f"mbpl-bench-{task}-{method}-") as folder:
         run_dir = Path(folder) / "run"
-        sets = [f"method={method}", *seed_overrides(method, seed), *(QUICK.get(method, []) if quick else [])]
+        base, variant = method_of(method)
+        sets = [f"method={base}", *variant, *seed_overrides(base, seed),
+                *(QUICK.get(method, QUICK.get(base, [])) if quick else []), *(extra or [])]
         path, _ = effective_config(TASKS[task], sets, run_dir)
         experiment = load_experiment(path)
         lines: list[str] = []
@@ -122,9 +137,10 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: one line per (task, method), figures over seeds (median, and every seed's steps)."""
-    lines = ["| task | method | seeds | env steps to success (per seed) | worst final distance (cm) | "
-             "held-out policy | held-out MPC | planning ms p50/p99 (period) | wall ms / env step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | method | seeds | env steps to success (per seed) | budget (env steps) | "
+             "worst final distance (cm) | held-out policy | held-out MPC | planning ms p50/p99 (period) | "
+             "wall ms / env step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (list(TASKS).index(k[0]), k[1]))
     for task, method in keys:
         group = [r for r in rows if r["task"] == task and r["method"] == method]
@@ -137,9 +153,12 @@ def table(rows: list[dict[str, Any]]) -> str:
             plan = (f"{np.median([r['planning_ms_p50'] for r in group]):.0f}/"
                     f"{np.median([r['planning_ms_p99'] for r in group]):.0f} "
                     f"({group[0]['control_period_ms']:.0f})")
-        pol_s, mpc_s = _fmt(np.mean(pol) if pol else None, ".2f"), _fmt(np.mean(mpc) if mpc else None, ".2f")
-        lines.append(f"| {task} | {method} | {len(group)} | {steps} | {worst:.2f} | {pol_s} | {mpc_s} | "
-                     f"{plan} | {np.median([r['wall_ms_per_env_step'] for r in group]):.2f} |")
+        pol_s = _fmt(np.mean(pol) if pol else None, ".2f")
+        mpc_s = _fmt(np.mean(mpc) if mpc else None, ".2f")
+        budget = max(r["curve"][-1][0] for r in group)
+        wall = np.median([r["wall_ms_per_env_step"] for r in group])
+        lines.append(f"| {task} | {method} | {len(group)} | {steps} | {budget} | {worst:.2f} | {pol_s} | "
+                     f"{mpc_s} | {plan} | {wall:.2f} |")
     return "\n".join(lines)
 
 
@@ -203,6 +222,10 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "pets"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test, not figures")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="experiment override of every run (mbpl train --set), e.g. sac.iterations=100")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads of every run (default 1: compute per step on one core)")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="results folder; docs/methods.md is rewritten only for the default one")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
@@ -212,9 +235,13 @@ def main() -> int:
         return merge(args.merge, args.out)
     from mbpl_sim.experiment import METHODS
 
-    unknown = sorted(set(args.methods) - set(METHODS))
+    known = [*METHODS, *VARIANTS]
+    unknown = sorted(set(args.methods) - set(known))
     if unknown:
-        parser.error(f"unknown method(s) {unknown}; known: {list(METHODS)}")
+        parser.error(f"unknown method(s) {unknown}; known: {known}")
+    import torch
+
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     log_dir = args.out / "methods_logs"
     log_dir.mkdir(exist_ok=True)
@@ -222,7 +249,7 @@ def main() -> int:
     for task in args.tasks:
         for method in args.methods:
             for seed in args.seeds:
-                row = run_one(task, method, seed, args.quick, log_dir)
+                row = run_one(task, method, seed, args.quick, log_dir, args.sets)
                 rows.append(row)
                 # every finished row is kept at once: a long comparison cut short loses nothing done
                 (args.out / "methods_partial.json").write_text(json.dumps({"rows": rows}, indent=1))
@@ -233,10 +260,12 @@ def main() -> int:
                       f"{row['wall_s']:.0f} s", flush=True)
     text = table(rows)
     print(text)
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads}
+    result = {"machine": machine,
               "quick": args.quick, "command": "python bench/methods.py " + " ".join(
                   [f"--tasks {' '.join(args.tasks)}", f"--methods {' '.join(args.methods)}",
-                   f"--seeds {' '.join(map(str, args.seeds))}"] + (["--quick"] if args.quick else [])),
+                   f"--seeds {' '.join(map(str, args.seeds))}"] + (["--quick"] if args.quick else [])
+                  + [f"--set {s}" for s in args.sets]),
               "rows": rows, "table": text}
     (args.out / "methods.json").write_text(json.dumps(result, indent=1))
     plot(rows, args.out / "methods.png")

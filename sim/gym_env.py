@@ -1,10 +1,11 @@
 """A gymnasium view of an experiment's task: any gymnasium learner runs on mbpl's robots and costs.
 
-observation = the state x (dX,) of :class:`mbpl_sim.env.MujocoEnv`; action = efforts u (dU,) in the
-Box ±effort_limits (clipped there, as the sampler does); reward of step t = −l_t(x_t, u_t), the per-step
-term of the experiment's cost that the LQR methods sum (``Cost.value_batched`` at the episode's absolute
-step t, so the ramp and the final-step multiplier fall on the same steps: Σ_t reward_t = −Σ_t l_t of the
-same trajectory); an episode is T steps and ends by truncation (nothing terminates a reach); the
+observation = the state x (dX,) of :class:`mbpl_sim.env.MujocoEnv`; action = efforts u (dU,) in the Box
+±effort_limits, or ±min(effort_limits, action_limits) where a method explores within a smaller box
+(``sac|mbpo.action_limits``; clipped there, as the sampler does); reward of step t = −l_t(x_t, u_t), the
+per-step term of the experiment's cost that the LQR methods sum (``Cost.value_batched`` at the episode's
+absolute step t, so the ramp and the final-step multiplier fall on the same steps: Σ_t reward_t = −Σ_t l_t
+of the same trajectory); an episode is T steps and ends by truncation (nothing terminates a reach); the
 condition is chosen at reset (``options={"condition": m}``, else in turn 0, 1, …, or at random from
 ``np_random`` with ``condition_order="random"``).
 
@@ -16,6 +17,7 @@ transition was.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -23,6 +25,7 @@ import numpy as np
 
 from mbpl_core.config import ConfigError, from_dict
 from mbpl_core.costs import Cost, CostConfig, build_cost
+from mbpl_core.limits import bounded_limits
 from mbpl_sim.env import MujocoEnv
 from mbpl_sim.experiment import ExperimentConfig
 from mbpl_sim.task import ConditionSetName
@@ -40,14 +43,16 @@ class MbplGymEnv(gym.Env[np.ndarray, np.ndarray]):
     metadata: dict[str, Any] = {"render_modes": []}
 
     def __init__(self, experiment: ExperimentConfig, condition_set: ConditionSetName = "train",
-                 cost: Cost | None = None, condition_order: ConditionOrder = "cycle") -> None:
+                 cost: Cost | None = None, condition_order: ConditionOrder = "cycle",
+                 action_limits: Sequence[float] | None = None) -> None:
         if condition_order not in ("cycle", "random"):
             raise ConfigError(f"condition_order must be 'cycle' or 'random', got {condition_order!r}")
         self.sim = MujocoEnv(experiment, condition_set)
         self.cost = cost if cost is not None else build_cost(
             from_dict(CostConfig, experiment.cost, "cost"), self.sim.layout, self.sim.dU)
         self.T, self.condition_order = self.sim.T, condition_order
-        limits = np.asarray(self.sim.effort_limits, dtype=np.float64)
+        limits = bounded_limits(action_limits, np.asarray(self.sim.effort_limits, dtype=np.float64),
+                                "action_limits")
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self.sim.dX,), np.float64)
         self.action_space = gym.spaces.Box(-limits, limits, dtype=np.float64)
         self.condition, self.t = 0, 0
@@ -82,7 +87,7 @@ class MbplGymEnv(gym.Env[np.ndarray, np.ndarray]):
         """
         if self._x is None or self.t >= self.T:
             raise RuntimeError("step() needs reset() first (and again after the episode's T steps)")
-        u = self.sim.clip_action(action)
+        u = np.clip(self.sim.clip_action(action), self.action_space.low, self.action_space.high)
         step_cost = self.step_cost(self._x, u, self.t)
         t = self.t
         self._x = self.sim.step(u)

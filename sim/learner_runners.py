@@ -65,11 +65,12 @@ class _ActorRunner:
 
     section = ""
 
-    def __init__(self, experiment: ExperimentConfig, env: MujocoEnv, cost: Cost, threshold: float) -> None:
+    def __init__(self, experiment: ExperimentConfig, env: MujocoEnv, cost: Cost, threshold: float,
+                 action_limits: tuple[float, ...] | None = None) -> None:
         self.experiment, self.env, self.cost, self.threshold = experiment, env, cost, threshold
         self.held_out = (MujocoEnv(experiment, condition_set="held_out")
                          if experiment.conditions("held_out") else None)
-        self.gym_env = EpisodeCosts(MbplGymEnv(experiment, cost=cost))
+        self.gym_env = EpisodeCosts(MbplGymEnv(experiment, cost=cost, action_limits=action_limits))
         self.iteration_count = 0
 
     @property
@@ -135,8 +136,8 @@ class SACRunner(_ActorRunner):
     def __init__(self, experiment: ExperimentConfig, env: MujocoEnv, cost: Cost, threshold: float) -> None:
         from mbpl_core.learners.sac import SACConfig, build_sac
 
-        super().__init__(experiment, env, cost, threshold)
         self.config = from_dict(SACConfig, experiment.section("sac"), "sac")
+        super().__init__(experiment, env, cost, threshold, self.config.action_limits)
         self.num_iterations = self.config.iterations
         self.gym_env.reset(seed=self.config.seed)
         self.sac = build_sac(self.gym_env, self.config.agent, learning_starts=self.config.learning_starts,
@@ -158,8 +159,8 @@ class MBPORunner(_ActorRunner):
     def __init__(self, experiment: ExperimentConfig, env: MujocoEnv, cost: Cost, threshold: float) -> None:
         from mbpl_core.learners.mbpo import MBPO, MBPOConfig
 
-        super().__init__(experiment, env, cost, threshold)
         self.config = from_dict(MBPOConfig, experiment.section("mbpo"), "mbpo")
+        super().__init__(experiment, env, cost, threshold, self.config.action_limits)
         self.num_iterations = self.config.iterations
         self.gym_env.reset(seed=self.config.seed)
         self.algorithm = MBPO(self.gym_env, cost, env.T, self.config)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import SampleBatch
 from mbpl_core.costs import Cost
+from mbpl_core.limits import bounded_limits, check_limits
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
 from mbpl_core.planning.pets import PlanningEnvironment, UniformRandomPolicy, final_tip_distance, refit_inputs
 from mbpl_core.policy import GPSConfig, PolicyParams, save_numpy_policy
@@ -97,8 +98,11 @@ class BPTTConfig:
     real state, at its step t0) | "initial" (the real states at t = 0); gradient_steps: G policy steps per
     iteration; batch_size: rollouts per step (rounded up to a multiple of the elites); learning_rate,
     grad_clip (max gradient norm, 0: none): Adam on θ; hidden_sizes, activation: the policy MLP;
-    exploration_std: std of the Gaussian noise on the real trials' actions, fraction of the effort limit;
-    sample_model: reparameterised draws from the members (false: their means); retrain: "continue" |
+    exploration_std: std of the Gaussian noise on the real trials' actions, fraction of the action limit;
+    action_limits: per-joint bound (N m; dU values, or one for every joint) of the policy's squashed output
+    and the random trials, within the effort limits (None: the effort limits; exploration noise is added
+    on top and clipped to the effort limits only); sample_model: reparameterised draws from the members
+    (false: their means); retrain: "continue" |
     "scratch" for the ensemble; seed: every random draw; model: the ensemble; value: SVG(H)'s critic.
     """
 
@@ -119,8 +123,12 @@ class BPTTConfig:
     seed: int = 0
     model: EnsembleConfig = field(default_factory=EnsembleConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
+    action_limits: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.action_limits is not None:
+            values = check_limits(self.action_limits, "bptt.action_limits")
+            object.__setattr__(self, "action_limits", tuple(float(v) for v in values))
         _require(self.iterations >= 0, "iterations", self.iterations, ">= 0")
         _require(self.trials_per_condition >= 1, "trials_per_condition", self.trials_per_condition, ">= 1")
         _require(self.random_trials >= 1 or self.iterations == 0, "random_trials", self.random_trials,
@@ -360,7 +368,7 @@ class TrainedStep:
 
 
 class ExplorationPolicy:
-    """u = π(x) + exploration_std · effort_limits ⊙ ε, ε ~ N(0, I) from ``rng`` (the env clips)."""
+    """u = π(x) + exploration_std · action_limits ⊙ ε, ε ~ N(0, I) from ``rng`` (the env clips)."""
 
     def __init__(self, policy: SquashedMLPPolicy, std: np.ndarray, rng: np.random.Generator) -> None:
         self.policy, self.std, self.rng = policy, std, rng
@@ -404,8 +412,10 @@ class BPTT:
         self.model = ProbabilisticEnsemble(env.dX, env.dU, c.model, self.rng)
         self.device = self.model.device
         self.torch_gen = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
-        self.policy = SquashedMLPPolicy(env.dX, env.dU, c.hidden_sizes, c.activation,
-                                        np.asarray(env.effort_limits), self.torch_gen).to(self.device)
+        self.action_limits = bounded_limits(c.action_limits, np.asarray(env.effort_limits, dtype=np.float64),
+                                            "bptt.action_limits")
+        self.policy = SquashedMLPPolicy(env.dX, env.dU, c.hidden_sizes, c.activation, self.action_limits,
+                                        self.torch_gen).to(self.device)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=c.learning_rate)
         self.value: ValueNetwork | None = None
         self.value_target: ValueNetwork | None = None
@@ -428,7 +438,7 @@ class BPTT:
 
     def collect_random(self) -> None:
         """``random_trials`` uniformly random trials per condition (before the first fit)."""
-        policy = UniformRandomPolicy(self.env.effort_limits, self.rng)
+        policy = UniformRandomPolicy(self.action_limits, self.rng)
         for _ in range(self.config.random_trials):
             for m in range(self.env.num_conditions):
                 self._collect(policy, m)
@@ -590,8 +600,8 @@ class BPTT:
         return self.close_iteration(trained, trials, time.perf_counter() - start)
 
     def exploration_std(self) -> np.ndarray:
-        """(dU,) std of the Gaussian noise on the real trials' actions: exploration_std × effort limits."""
-        return self.config.exploration_std * np.asarray(self.env.effort_limits, dtype=np.float64)
+        """(dU,) std of the Gaussian noise on the real trials' actions: exploration_std × action limits."""
+        return self.config.exploration_std * self.action_limits
 
     def train(self) -> TrainedStep:
         """The first half of an iteration: the ensemble fitted to all data, then the policy trained."""

@@ -36,7 +36,7 @@ import torch
 
 from mbpl_core.config import ConfigError
 from mbpl_core.costs import Cost
-from mbpl_core.learners.sac import SACAgentConfig, build_sac, check_exploration_std
+from mbpl_core.learners.sac import SACAgentConfig, build_sac, check_action_limits, check_exploration_std
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
 
 
@@ -52,7 +52,8 @@ class MBPOConfig:
     buffer holds this many iterations of rollouts (at k_max); updates_per_step: G, SAC gradient steps per
     real step; real_ratio: fraction of real transitions in each minibatch; seed: every draw (SB3's too);
     model: the ensemble; agent: the SAC learner; graph_exploration_std: as ``sac.graph_exploration_std``
-    (the sampler's action noise through the graph, fraction of the effort limits).
+    (the sampler's action noise through the graph, fraction of the effort limits); action_limits: as
+    ``sac.action_limits`` (the box MBPO acts in; None: the effort limits).
     """
 
     iterations: int = 10
@@ -69,9 +70,11 @@ class MBPOConfig:
     model: EnsembleConfig = field(default_factory=EnsembleConfig)
     agent: SACAgentConfig = field(default_factory=SACAgentConfig)
     graph_exploration_std: float = 0.2
+    action_limits: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         check_exploration_std("mbpo", self.graph_exploration_std)
+        check_action_limits("mbpo", self)
         positive = ("steps_per_iteration", "model_train_every", "rollout_every", "rollout_batch_size",
                     "model_retain_iterations", "updates_per_step")
         for name in positive:

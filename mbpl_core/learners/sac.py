@@ -21,6 +21,7 @@ from torch import nn
 
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import ShapeError
+from mbpl_core.limits import check_limits
 from mbpl_core.policy import GPSConfig, PolicyParams
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -93,7 +94,9 @@ class SACConfig:
     update (SB3); gradient_steps: SAC updates per environment step; seed: SB3's seed (weights, replay
     sampling, exploration) and the environment's; agent: the learner; graph_exploration_std: through the
     graph (``mbpl launch``) only, the std of the sampler's Gaussian action noise, a fraction of each effort
-    limit (see :mod:`mbpl_core.learners.episodic`; ``mbpl train`` explores with SB3's own policy noise).
+    limit (see :mod:`mbpl_core.learners.episodic`; ``mbpl train`` explores with SB3's own policy noise);
+    action_limits: per-joint bound (N m; dU values, or one for every joint) of the efforts SAC acts with,
+    within the effort limits (None: the effort limits) — its action space, random steps and squashed actor.
     """
 
     iterations: int = 20
@@ -103,8 +106,10 @@ class SACConfig:
     seed: int = 0
     agent: SACAgentConfig = field(default_factory=SACAgentConfig)
     graph_exploration_std: float = 0.2
+    action_limits: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        check_action_limits("sac", self)
         if self.iterations < 0 or self.steps_per_iteration < 1:
             raise ConfigError(f"sac.iterations must be >= 0 and sac.steps_per_iteration >= 1, got "
                               f"{self.iterations}, {self.steps_per_iteration}")
@@ -112,6 +117,13 @@ class SACConfig:
             raise ConfigError(f"sac.learning_starts must be >= 0 and sac.gradient_steps >= 1, got "
                               f"{self.learning_starts}, {self.gradient_steps}")
         check_exploration_std("sac", self.graph_exploration_std)
+
+
+def check_action_limits(section: str, config: Any) -> None:
+    """ConfigError unless ``<section>.action_limits`` is None or positive finite values; stored as a tuple."""
+    if config.action_limits is not None:
+        values = check_limits(config.action_limits, f"{section}.action_limits")
+        object.__setattr__(config, "action_limits", tuple(float(v) for v in values))
 
 
 def check_exploration_std(section: str, value: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,12 +131,14 @@ def one_torch_thread():
 
 def test_the_samplers_random_source_explores_within_pets_action_limits() -> None:
     """arm7_reach's pets.action_limits (10 N m shoulders, 3 N m wrists) bound the random trials the
-    sampler runs, inside the URDF's effort limits; reacher2 without the key uses its effort limits."""
+    sampler runs for method pets, inside the URDF's effort limits; reacher2 without the key uses its effort
+    limits (other methods: tests/sim/test_learner_action_limits.py)."""
     from mbpl_ros.sampler_logic import RobotSetup
     from mbpl_sim.experiment import load_experiment
 
     repo = Path(__file__).resolve().parents[2]
-    arm7 = RobotSetup.from_experiment(load_experiment(repo / "configs" / "arm7_reach.yaml"))
+    arm7 = RobotSetup.from_experiment(replace(load_experiment(repo / "configs" / "arm7_reach.yaml"),
+                                              method="pets"))
     assert np.array_equal(arm7.random_limits, [10.0] * 4 + [3.0] * 3)
     assert np.all(arm7.random_limits < arm7.effort_limits)
     reacher = RobotSetup.from_experiment(load_experiment(repo / "configs" / "reacher2_sim.yaml"))

@@ -59,5 +59,5 @@ def test_merge_builds_one_table_from_earlier_results(tmp_path: Path) -> None:
     assert merged["command"] == "c0; c1" and len(merged["rows"]) == 2
     # the table lists tasks in the script's order, whatever the order of the files
     lines = merged["table"].splitlines()
-    assert lines[2].startswith("| reacher2 | pets | 1 | — | 50.00 | 0.50 | — |")
-    assert lines[3].startswith("| arm7_reach | pets | 1 | 2400 | 0.70 | 0.50 | — |")
+    assert lines[2].startswith("| reacher2 | pets | 1 | — | 100 | 50.00 | 0.50 | — |")
+    assert lines[3].startswith("| arm7_reach | pets | 1 | 2400 | 100 | 0.70 | 0.50 | — |")

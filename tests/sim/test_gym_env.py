@@ -103,3 +103,32 @@ def test_step_after_the_episode_needs_a_reset(shipped_experiments: dict[str, Exp
     env.step(np.zeros(2))
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(2))
+
+
+def test_action_limits_bound_the_action_space_and_every_applied_action(
+        shipped_experiments: dict[str, ExperimentConfig]) -> None:
+    """``action_limits`` (one value or dU) make the Box ±min(effort_limits, action_limits), and a step with an
+    action beyond it equals the step with the action clipped to it (oracle: the MujocoEnv stepped by hand
+    with the clipped efforts); the checker passes on the smaller box; bad limits are a ConfigError."""
+    arm7 = shipped_experiments["arm7_reach"]
+    experiment = replace(arm7, task=replace(arm7.task, T=5))
+    own = [10.0, 10.0, 10.0, 10.0, 3.0, 3.0, 300.0]   # the last one above the URDF's 12 N m
+    env = MbplGymEnv(experiment, action_limits=own)
+    effort = np.asarray(env.sim.effort_limits)
+    expected = np.minimum(effort, own)
+    assert np.array_equal(env.action_space.high, expected) and np.array_equal(env.action_space.low, -expected)
+    assert expected[-1] == effort[-1] < 300.0
+    check_env(env, skip_render_check=True)
+    assert np.array_equal(MbplGymEnv(experiment, action_limits=[2.0]).action_space.high, np.full(7, 2.0))
+    rng = np.random.default_rng(3)
+    actions = rng.uniform(-1.5, 1.5, size=(5, 7)) * effort
+    reference = MbplGymEnv(experiment)
+    env.reset(options={"condition": 1})
+    x = reference.sim.reset(1)
+    for t in range(5):
+        obs, *_ = env.step(actions[t])
+        x = reference.sim.step(np.clip(actions[t], -expected, expected))
+        np.testing.assert_array_equal(obs, x)
+    for bad in ([1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 2.0], [float("nan")]):
+        with pytest.raises(ConfigError, match="action_limits"):
+            MbplGymEnv(experiment, action_limits=bad)

@@ -209,7 +209,7 @@ def _sac(experiment: Any, cost: Cost, env: Any) -> EpisodeLearner:
     from mbpl_sim.gym_env import MbplGymEnv
 
     config = from_dict(SACConfig, experiment.section("sac"), "sac")
-    gym_env = MbplGymEnv(experiment, cost=cost)
+    gym_env = MbplGymEnv(experiment, cost=cost, action_limits=config.action_limits)
     gym_env.reset(seed=config.seed)  # as mbpl train: the same seeding of SB3 and the spaces
     return episodic_sac(gym_env, cost, env.T, env.num_conditions, config)
 
@@ -221,7 +221,7 @@ def _mbpo(experiment: Any, cost: Cost, env: Any) -> EpisodeLearner:
     from mbpl_sim.gym_env import MbplGymEnv
 
     config = from_dict(MBPOConfig, experiment.section("mbpo"), "mbpo")
-    gym_env = MbplGymEnv(experiment, cost=cost)
+    gym_env = MbplGymEnv(experiment, cost=cost, action_limits=config.action_limits)
     gym_env.reset(seed=config.seed)
     return EpisodicMBPO(gym_env, cost, env.T, env.num_conditions, config)
 

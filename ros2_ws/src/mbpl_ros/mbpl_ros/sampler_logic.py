@@ -71,7 +71,7 @@ from mbpl_ros.plan_source import (
     RandomEfforts,
 )
 from mbpl_ros.rt_loop import NS_PER_S, DeadlineLoop, LoopStats, TickInfo
-from mbpl_sim.experiment import ExperimentConfig
+from mbpl_sim.experiment import METHOD_SECTIONS, ExperimentConfig
 from mbpl_sim.kinematics import EndEffectorKinematics
 from mbpl_sim.robot import load_robot_spec
 from mbpl_sim.task import CONDITION_SETS
@@ -181,7 +181,8 @@ class RobotSetup:
     targets[m]: (P, 3) ee targets of condition m; effort_limits: (dU,); obs_indices: (dO,) state
     entries the neural policy sees (gps.observation); velocity_limits: (dU,) from the URDF, NaN where
     it gives none (None: none known); random_limits: (dU,) bound of the "random" source's efforts
-    (PETS's first data: pets.action_limits within the effort limits; None: the effort limits).
+    (PETS's first data, SAC's / MBPO's random steps, BPTT's random trials: the running method's
+    ``action_limits`` within the effort limits; None: the effort limits).
     """
 
     kinematics: EndEffectorKinematics
@@ -206,9 +207,11 @@ class RobotSetup:
         gps = from_dict(GPSConfig, dict(experiment.gps or {}), "gps")
         known = urdf_velocity_limits(robot.description, tuple(robot.joints))
         effort_limits = model.actuator_ctrlrange[:, 1].copy()
-        # the robot side imports no torch: the raw setting, checked as PETSConfig does
-        own = experiment.pets.get("action_limits")
-        random_limits = bounded_limits(own, effort_limits, "pets.action_limits")
+        # the robot side imports no torch: the raw setting of the running method, checked as its config does
+        entry = METHOD_SECTIONS.get(experiment.method)
+        section = entry[0] if entry is not None else "algorithm"
+        own = experiment.section(section).get("action_limits") if entry is not None else None
+        random_limits = bounded_limits(own, effort_limits, f"{section}.action_limits")
         return cls(kinematics=kinematics, joint_names=tuple(robot.joints), random_limits=random_limits,
                    effort_limits=effort_limits, targets=targets,
                    T=experiment.task.T, dt=experiment.task.dt, noise=noise,
