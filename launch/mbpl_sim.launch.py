@@ -6,7 +6,8 @@ The Node actions are built from :func:`mbpl_ros.bringup.graph_from_experiment`, 
 ``mbpl launch`` starts with its own process launcher, so the two cannot drift. As there, a node that
 exits ends the launch unless the experiment's ``ros.respawn`` lists it. A fresh run token is drawn per
 launch. With ``enclave_root`` (SROS2, ``ROS_SECURITY_ENABLE=true``) each node runs in the enclave
-``<enclave_root>/<node name>`` of the keystore.
+``<enclave_root>/<node name>`` (``<enclave_root>/<robot>/<node name>`` for a robot's nodes when the
+experiment has several robots, ``ros.robots``) of the keystore.
 """
 
 from __future__ import annotations
@@ -31,14 +32,16 @@ def _graph_actions(context: Any) -> list[Any]:
         if spec.respawn:
             extra.update(respawn=True, respawn_delay=spec.respawn_delay)
         else:
-            extra["on_exit"] = Shutdown(reason=f"{spec.name} exited")
+            extra["on_exit"] = Shutdown(reason=f"{spec.label} exited")
         if enclave_root:
-            extra["ros_arguments"] = ["--enclave", f"{enclave_root}/{spec.name}"]
+            extra["ros_arguments"] = ["--enclave", f"{enclave_root}/{spec.label}"]
         actions.append(
             Node(
                 package="mbpl_ros",
                 executable=spec.executable,
                 name=spec.name,
+                namespace=spec.namespace,
+                remappings=list(spec.remaps),
                 parameters=[dict(spec.parameters)],
                 output="screen",
                 **extra,

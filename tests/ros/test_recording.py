@@ -97,3 +97,17 @@ def test_crash_leftovers_are_cleaned_and_duplicates_not_counted(tmp_path: Path) 
     assert reopened.count() == 2
     reopened.close_batch(3, 0, 2)
     assert reopened.count() == 2 and not any(reopened.pending_dir.iterdir())
+
+
+def test_a_batch_recorded_out_of_index_order_reads_back_in_index_order(tmp_path: Path) -> None:
+    """Several robots finish a batch's samples in any order (later index, earlier record time, equal
+    times): the closed batch still gives sample k at index k (each index has its own seed)."""
+    store = SampleStore(tmp_path)
+    raws = [_raw(k)[0] for k in range(4)]
+    for index, stamp in ((3, 100), (1, 100), (0, 500), (2, 50)):
+        store.record_trial(2, 0, index, raws[index], stamp)
+    assert store.samples(2, 0) == {k: canonical_cdr(r) for k, r in enumerate(raws)}  # pending: by name
+    store.close_batch(2, 0, 4)
+    assert store.samples(2, 0) == {k: canonical_cdr(r) for k, r in enumerate(raws)}
+    stamps = [t for t, _ in read_bag(store.batch_path(2, 0))]
+    assert stamps == sorted(stamps) and stamps[0] == 500 and len(set(stamps)) == 4

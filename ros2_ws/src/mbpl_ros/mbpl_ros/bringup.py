@@ -12,6 +12,15 @@ of :class:`NodeSpec`. Both ``launch/mbpl_sim.launch.py`` (full ROS 2 installs) a
     sim: true                    # false on hardware: a robot driver publishes joint_states instead
     respawn: []                  # names of nodes restarted when they exit
     nodes: {sampler: {...}}      # extra parameters per node name, checked against the node's schema
+    robots: 1                    # robot-side pairs (sim or driver + sampler): N, or a list of namespaces
+    robot_conditions: {}         # optional pinning: namespace -> the conditions only that robot runs
+
+Several robots (``robots: N > 1`` → namespaces ``robot0 … robot{N-1}``, or a list of names): each robot's
+sim node and sampler run in the robot's namespace, so ``joint_states``, ``<controller>/commands``,
+``reset_sim``, ``mbpl/run_trial`` and ``mbpl/samples`` are the robot's own; the controllers and policies
+are the run's, remapped to the global ``/mbpl/controllers`` and ``/mbpl/policy`` (and a sim's ``/clock``
+to its namespace). The trainer gets the namespaces (parameter ``robots``) and hands each trial to a free
+robot (:mod:`mbpl_ros.trainer_transport`). One robot keeps the names un-namespaced, as before.
 
 Every node receives ``config`` (absolute experiment path) and, except the sim node, ``run_dir`` when
 one is given; the sampler, iLQR and trainer nodes receive ``run_token`` (the sampler accepts
@@ -107,7 +116,9 @@ class NodeSpec:
     """One node of the graph: started as ``python -m <module> --ros-args -r __node:=<name> --params-file F``.
 
     parameters: ROS parameters (bool/int/float/str or homogeneous lists); respawn: restart it when it
-    exits; required: the graph ends when it exits, with its exit code.
+    exits; required: the graph ends when it exits, with its exit code; optional: its exit is reported and
+    the graph goes on (a robot of several: the others take its trials); namespace, remaps: ``__ns`` and
+    remapping rules (a robot of several).
     """
 
     name: str
@@ -116,16 +127,28 @@ class NodeSpec:
     respawn: bool = False
     required: bool = False
     respawn_delay: float = 1.0
+    namespace: str = ""
+    remaps: tuple[tuple[str, str], ...] = ()
+    optional: bool = False
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise ConfigError(f"node name {self.name!r} must be a plain identifier")
+        if self.namespace and not self.namespace.isidentifier():
+            raise ConfigError(f"node {self.name}: namespace {self.namespace!r} must be a plain identifier")
         if not all(part.isidentifier() for part in self.module.split(".")):
             raise ConfigError(f"node {self.name}: {self.module!r} is not a module path")
         if self.respawn and self.required:
             raise ConfigError(f"node {self.name}: a required node cannot respawn")
+        if self.optional and (self.respawn or self.required):
+            raise ConfigError(f"node {self.name}: an optional node neither respawns nor is required")
         if self.respawn_delay < 0:
             raise ConfigError(f"node {self.name}: respawn_delay must be >= 0")
+
+    @property
+    def label(self) -> str:
+        """The node's unique name in the launcher (logs, params files, console): ``[namespace/]name``."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
     @property
     def executable(self) -> str:
@@ -134,8 +157,12 @@ class NodeSpec:
 
     def command(self, params_file: Path) -> list[str]:
         """The process command line."""
-        return [sys.executable, "-m", self.module, "--ros-args", "-r", f"__node:={self.name}",
-                "--params-file", str(params_file)]  # fmt: skip
+        cmd = [sys.executable, "-m", self.module, "--ros-args", "-r", f"__node:={self.name}"]
+        if self.namespace:
+            cmd += ["-r", f"__ns:=/{self.namespace}"]
+        for source, target in self.remaps:
+            cmd += ["-r", f"{source}:={target}"]
+        return cmd + ["--params-file", str(params_file)]
 
 
 @dataclass(frozen=True)
@@ -148,8 +175,20 @@ class RosSection:
     sim: bool = True
     respawn: tuple[str, ...] = ()
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    robots: Any = 1
+    robot_conditions: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "robots", robot_namespaces(self.robots))
+        unknown_robots = sorted(set(self.robot_conditions) - set(self.robots))
+        if unknown_robots:
+            raise ConfigError(f"ros.robot_conditions: unknown robot(s) {unknown_robots}; robots are "
+                              f"{list(self.robots) or ['(one robot, no namespace)']}")
+        for robot, conditions in self.robot_conditions.items():
+            if not isinstance(conditions, list | tuple) or not conditions or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in conditions):
+                raise ConfigError(f"ros.robot_conditions.{robot}: a non-empty list of condition indices, got "
+                                  f"{conditions!r}")
         names = {name for name, _ in GRAPH_NODES}
         unknown = sorted((set(self.respawn) | set(self.nodes)) - names)
         if unknown:
@@ -165,6 +204,27 @@ class RosSection:
 
 
 TOKEN_NODES = ("sampler", "ilqr", "model", "planner", "trainer")
+ROBOT_NODES = ("sim", "sampler")  # the robot side: one pair per robot
+PARALLEL_METHODS = ("lqr_flm", "mdgps")  # methods whose trials of an iteration are independent
+MAX_ROBOTS = 64
+
+
+def robot_namespaces(robots: Any) -> tuple[str, ...]:
+    """``ros.robots`` as namespaces: N → () for 1 (no namespace), ``robot0 … robot{N-1}`` otherwise; a list
+    of names as given (unique plain identifiers). ConfigError for anything else."""
+    if isinstance(robots, bool):
+        raise ConfigError(f"ros.robots: a number of robots or a list of namespaces, got {robots!r}")
+    if isinstance(robots, int):
+        if not 1 <= robots <= MAX_ROBOTS:
+            raise ConfigError(f"ros.robots: between 1 and {MAX_ROBOTS}, got {robots}")
+        return () if robots == 1 else tuple(f"robot{k}" for k in range(robots))
+    if isinstance(robots, list | tuple) and robots and all(isinstance(r, str) for r in robots):
+        bad = [r for r in robots if not r.isidentifier()]
+        if bad or len(set(robots)) != len(robots) or len(robots) > MAX_ROBOTS:
+            raise ConfigError(f"ros.robots: unique plain identifiers (ROS namespaces), at most {MAX_ROBOTS}, "
+                              f"got {list(robots)}")
+        return tuple(robots)
+    raise ConfigError(f"ros.robots: a number of robots or a list of namespaces, got {robots!r}")
 
 
 def new_run_token() -> str:
@@ -174,14 +234,16 @@ def new_run_token() -> str:
 
 def graph_from_experiment(
     config_path: str | Path, raw: Mapping[str, Any] | None = None, run_dir: str | Path | None = None,
-    run_token: str = "",
+    run_token: str = "", only: str | None = None,
 ) -> list[NodeSpec]:
-    """The node graph of an experiment: sim (unless ``ros.sim`` is false), sampler, the method's learning
-    nodes (fitting + ilqr, or model + planner for PETS: :data:`METHOD_NODES`), trainer.
+    """The node graph of an experiment: per robot a sim (unless ``ros.sim`` is false) and a sampler, the
+    method's learning nodes (fitting + ilqr, or model + planner for PETS: :data:`METHOD_NODES`), trainer.
 
     raw: the parsed YAML when the caller has it already (else the file is read). run_dir: the run
     folder every node except the sim writes to (parameter ``run_dir``; None: the nodes' default).
     run_token: given to the sampler, iLQR and trainer nodes (empty: the nodes' default, no token).
+    only: ``"robot"`` (the sims and samplers: what runs beside each robot) or ``"learner"`` (the rest:
+    what runs on the learning host); None: the whole graph.
     """
     config_path = Path(config_path).resolve()
     if raw is None:
@@ -189,31 +251,61 @@ def graph_from_experiment(
             raise ConfigError(f"experiment file {str(config_path)!r} not found")
         raw = yaml.safe_load(config_path.read_text()) or {}
     ros = from_dict(RosSection, dict(raw.get("ros") or {}), "ros")
-    mode = "lockstep" if ros.lockstep else "realtime"
-    specs = []
     method = str(raw.get("method") or "lqr_flm")
     if method not in METHOD_NODES:
         raise ConfigError(f"method: {method!r} does not run through the graph; graph methods: "
                           f"{list(METHOD_NODES)} (the others run in one process: mbpl train)")
+    if len(ros.robots) > 1 and method not in PARALLEL_METHODS:
+        raise ConfigError(f"ros.robots: several robots sample in parallel for {list(PARALLEL_METHODS)}; "
+                          f"method {method!r} runs one trial after the other (each depends on the last): "
+                          "use one robot")
+    if only not in (None, "robot", "learner"):
+        raise ConfigError(f"only: 'robot' or 'learner', got {only!r}")
+    specs = []
     for name, module in GRAPH_NODES:
         if name not in METHOD_NODES[method] or (name == "sim" and not ros.sim):
             continue
-        params: dict[str, Any] = {"config": str(config_path)}
-        if name in ("sim", "sampler"):
-            params.update(mode=mode, controller=ros.controller)
-        if name == "sim":
-            params["realtime_rate"] = float(ros.realtime_rate)
-        elif run_dir is not None:
-            params["run_dir"] = str(Path(run_dir).resolve())
-        if name == "sampler":
-            params["rate_hz"] = float(ros.realtime_rate)  # one command per sim step when the sim runs faster
-        if name in TOKEN_NODES and run_token:
-            params["run_token"] = run_token
-        params.update(ros.nodes.get(name, {}))
-        specs.append(
-            NodeSpec(name, module, params, respawn=name in ros.respawn, required=name == REQUIRED_NODE)
-        )
+        if only is not None and (name in ROBOT_NODES) != (only == "robot"):
+            continue
+        params = _node_parameters(name, ros, config_path, run_dir, run_token)
+        respawn, required = name in ros.respawn, name == REQUIRED_NODE
+        if name in ROBOT_NODES and ros.robots:
+            optional = len(ros.robots) > 1 and not respawn  # the other robots go on without it
+            specs += [NodeSpec(name, module, params, respawn=respawn, namespace=ns, remaps=ROBOT_REMAPS[name],
+                               optional=optional) for ns in ros.robots]
+        else:
+            specs.append(NodeSpec(name, module, params, respawn=respawn, required=required))
     return specs
+
+
+# a namespaced robot's names that stay the run's (one iLQR node, one trainer) or its own (a sim's clock)
+ROBOT_REMAPS: dict[str, tuple[tuple[str, str], ...]] = {
+    "sampler": (("mbpl/controllers", "/mbpl/controllers"), ("mbpl/policy", "/mbpl/policy")),
+    "sim": (("/clock", "clock"),),
+}
+
+
+def _node_parameters(name: str, ros: RosSection, config_path: Path, run_dir: str | Path | None,
+                     run_token: str) -> dict[str, Any]:
+    """The ROS parameters the graph gives node ``name`` (module docstring), ``ros.nodes.<name>`` last."""
+    mode = "lockstep" if ros.lockstep else "realtime"
+    params: dict[str, Any] = {"config": str(config_path)}
+    if name in ("sim", "sampler"):
+        params.update(mode=mode, controller=ros.controller)
+    if name == "sim":
+        params["realtime_rate"] = float(ros.realtime_rate)
+    elif run_dir is not None:
+        params["run_dir"] = str(Path(run_dir).resolve())
+    if name == "sampler":
+        params["rate_hz"] = float(ros.realtime_rate)  # one command per sim step when the sim runs faster
+    if name == "trainer" and ros.robots:
+        params["robots"] = " ".join(ros.robots)
+        pinned = ros.robot_conditions.items()
+        params["robot_conditions"] = " ".join(f"{r}:{','.join(map(str, c))}" for r, c in pinned)
+    if name in TOKEN_NODES and run_token:
+        params["run_token"] = run_token
+    params.update(ros.nodes.get(name, {}))
+    return params
 
 
 def _die_with_parent() -> None:
@@ -241,7 +333,8 @@ class ProcessLauncher:
       where the environment does not choose one, so the lines can be told apart;
     * SIGINT/SIGTERM received by the launcher are forwarded to the graph, which is then shut down;
     * a node that exits is reported with its exit code; a respawn node is restarted, the required
-      node ends the graph with its exit code, any other exit stops the graph (exit code 1 if it was 0);
+      node ends the graph with its exit code, an optional node's exit leaves the graph running (one
+      robot of several), any other exit stops the graph (exit code 1 if it was 0);
     * when a node's failure stops the graph (a non-respawn node exits, or the required node exits
       non-zero) its output, forwarded as it came, is the last node output shown: the others are
       stopped quietly (what they print from then on, e.g. the ``KeyboardInterrupt`` tracebacks of nodes
@@ -261,7 +354,7 @@ class ProcessLauncher:
         success_distance: float | None = None,
         live: bool | None = None,
     ) -> None:
-        names = [s.name for s in specs]
+        names = [s.label for s in specs]
         if not specs or len(set(names)) != len(names):
             raise ConfigError(f"the graph needs >= 1 node with unique names, got {names}")
         self.specs = list(specs)
@@ -289,17 +382,17 @@ class ProcessLauncher:
 
     # -- processes ---------------------------------------------------------------------------------
     def _start(self, spec: NodeSpec) -> None:
-        params = write_params_file(self.run_dir / "params" / f"{spec.name}.yaml", "/**", spec.parameters)
-        log_path = self.run_dir / "logs" / f"{spec.name}.log"
+        params = write_params_file(self.run_dir / "params" / f"{spec.label}.yaml", "/**", spec.parameters)
+        log_path = self.run_dir / "logs" / f"{spec.label}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
             spec.command(params), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
-        forwarder = threading.Thread(target=self._forward, args=(spec.name, proc, log_path), daemon=True)
+        forwarder = threading.Thread(target=self._forward, args=(spec.label, proc, log_path), daemon=True)
         forwarder.start()
-        self._running[spec.name] = _Running(spec, proc, forwarder)
-        self.say(f"started {spec.name} ({spec.module}, pid {proc.pid})")
+        self._running[spec.label] = _Running(spec, proc, forwarder)
+        self.say(f"started {spec.label} ({spec.module}, pid {proc.pid})")
 
     def _forward(self, name: str, proc: subprocess.Popen, log_path: Path) -> None:
         """Copy the node's output line by line to its log and the console; then report its exit."""
@@ -373,6 +466,10 @@ class ProcessLauncher:
                 self.say(f"respawning {name} in {spec.respawn_delay:g} s")
                 respawn_at[name] = time.monotonic() + spec.respawn_delay
                 continue
+            if spec.optional:
+                self.say(f"node {name} died with exit code {code}: the graph goes on without it (its log: "
+                         f"{self.run_dir / 'logs' / f'{name}.log'})")
+                continue
             self._fail(name, code)
             self.say(f"node {name} died with exit code {code}")
             self.say("stopping the graph (set respawn for this node to restart it instead)")
@@ -398,14 +495,14 @@ class ProcessLauncher:
                     r.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             still = [r for r in alive if r.proc.poll() is None]
             if still and sig != signal.SIGKILL:
-                names = ", ".join(r.spec.name for r in still)
+                names = ", ".join(r.spec.label for r in still)
                 self.say(f"{names} ignored {sig.name} for {self.stop_timeout:g} s")
             alive = still
         for r in self._running.values():
             r.forwarder.join(timeout=self.stop_timeout)
-            if r.spec.name not in self.exit_codes or r.proc.returncode != self.exit_codes[r.spec.name]:
-                self.exit_codes[r.spec.name] = r.proc.returncode
-                self.say(f"{r.spec.name} exited with code {r.proc.returncode}")
+            if r.spec.label not in self.exit_codes or r.proc.returncode != self.exit_codes[r.spec.label]:
+                self.exit_codes[r.spec.label] = r.proc.returncode
+                self.say(f"{r.spec.label} exited with code {r.proc.returncode}")
 
 
 def launch(specs: Sequence[NodeSpec], run_dir: str | Path, out: IO[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -115,15 +116,29 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     The console shows one progress line per iteration, the nodes' warnings and errors and the summary;
     ``--verbose`` every node line (all of them are in ``<run_dir>/logs/<node>.log`` either way).
+    ``--only robot|learner`` starts the part of the graph that belongs on one host (README: several
+    hosts); both parts need the same ``--run-token`` (or ``MBPL_RUN_TOKEN``).
     """
     from mbpl_ros.bringup import ProcessLauncher, graph_from_experiment, new_run_token
     from mbpl_sim.evaluate import DEFAULT_SUCCESS_THRESHOLD
 
+    token = args.run_token or os.environ.get("MBPL_RUN_TOKEN", "")
+    if args.only and not token:
+        raise ConfigError("--only needs the run's token, the same on every host: --run-token TOKEN or "
+                          "MBPL_RUN_TOKEN (draw one with: python -c 'import secrets; "
+                          "print(secrets.token_hex(16))'; keep it private)")
+    if token and (len(token) < 16 or not token.isalnum()):
+        raise ConfigError("--run-token: at least 16 letters or digits (e.g. secrets.token_hex(16))")
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, "launch")
     path, raw = effective_config(args.config, args.set, run_dir, args.strict, log=True, graph=True)
-    specs = graph_from_experiment(path, raw, run_dir=run_dir, run_token=new_run_token())
-    print(f"[mbpl] run folder {run_dir}; nodes: {', '.join(s.name for s in specs)}; node logs in "
+    specs = graph_from_experiment(path, raw, run_dir=run_dir, run_token=token or new_run_token(),
+                                  only=args.only)
+    part = f" ({args.only} side)" if args.only else ""
+    print(f"[mbpl] run folder {run_dir}; nodes{part}: {', '.join(s.label for s in specs)}; node logs in "
           f"{run_dir / 'logs'}", flush=True)
+    if args.only == "robot":
+        print("[mbpl] the robot side runs until Ctrl-C (the trainer on the learning host drives it)",
+              flush=True)
     scene = str((raw.get("task") or {}).get("scene", "reach"))
     return ProcessLauncher(specs, run_dir, verbose=args.verbose,
                            success_distance=DEFAULT_SUCCESS_THRESHOLD.get(scene, 0.02)).run()
@@ -196,8 +211,12 @@ def evaluate_in_graph(experiment: Any, run_dir: Path, checkpoint: Path, conditio
     extra = {"sim": {"condition_set": condition_set},
              "sampler": {"condition_set": condition_set, "policy_checkpoint": str(checkpoint.resolve())}}
     token = new_run_token()
+    raw = yaml.safe_load(Path(experiment.source).read_text()) or {}
+    ros = dict(raw.get("ros") or {})
+    ros.pop("robot_conditions", None)
+    raw["ros"] = ros | {"robots": 1}  # one sim and one sampler, whatever the run had
     specs = [NodeSpec(s.name, s.module, {**s.parameters, **extra[s.name]})
-             for s in graph_from_experiment(experiment.source, run_dir=run_dir, run_token=token)
+             for s in graph_from_experiment(experiment.source, raw, run_dir=run_dir, run_token=token)
              if s.name in extra]
     if len(specs) != 2:
         raise ConfigError("--graph needs the sim node (ros.sim: true)")
@@ -300,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="check: whether the installed Fast DDS has the DDS security plugins")
     security.add_argument("action", choices=["check"])
     security.set_defaults(func=cmd_security)
+    sub.choices["launch"].add_argument(
+        "--only", choices=["robot", "learner"], default=None,
+        help="start only the robot side (sims or drivers' samplers) or only the learner side (learning "
+             "nodes and trainer), for graphs spread over hosts; needs --run-token")
+    sub.choices["launch"].add_argument(
+        "--run-token", default="", metavar="TOKEN",
+        help="the run's token (default: a fresh one per launch; with --only the same on every host)")
     sub.choices["launch"].add_argument(
         "-v", "--verbose", action="store_true",
         help="show every node line live (default: one progress line per iteration, warnings, errors and "

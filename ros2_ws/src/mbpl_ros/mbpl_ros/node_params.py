@@ -78,9 +78,14 @@ class TrainerNodeParams:
         "that controller (as the iLQR node sent it) instead of waiting", 5.0)
     run_token: str = param("the run's token, carried in the controllers/policies/RunTrial requests it sends "
                            "(mbpl launch sets one per run)", "")
+    robots: str = param("namespaces of the robots (sampler + sim or driver), space-separated; each trial "
+                        "goes to a free one; empty: one robot without a namespace", "")
+    robot_conditions: str = param("conditions pinned to robots, 'robot0:0,1 robot1:2,3'; a condition named "
+                                  "nowhere runs on any robot; empty: every robot runs every condition", "")
 
     def __post_init__(self) -> None:
         _require_config("trainer", self.config)
+        self.robot_pool()
         if self.iterations < -1:
             raise ConfigError(f"trainer node: iterations must be >= -1, got {self.iterations}")
         for name in ("trial_timeout", "service_timeout", "refused_wait", "republish_after",
@@ -90,6 +95,25 @@ class TrainerNodeParams:
                 raise ConfigError(f"trainer node: {name} must be a positive number of seconds, got {value}")
         if not 1 <= self.max_attempts < 100:
             raise ConfigError(f"trainer node: max_attempts must be in [1, 99], got {self.max_attempts}")
+
+
+    def robot_pool(self) -> tuple[tuple[str, ...], dict[str, frozenset[int]]]:
+        """(namespaces, {namespace: pinned conditions}) of ``robots`` / ``robot_conditions``; ConfigError."""
+        robots = tuple(self.robots.split())
+        if len(set(robots)) != len(robots) or not all(r.isidentifier() for r in robots):
+            raise ConfigError(f"trainer node: robots must be distinct plain namespaces, got {self.robots!r}")
+        pinned: dict[str, frozenset[int]] = {}
+        for item in self.robot_conditions.split():
+            robot, _, conditions = item.partition(":")
+            try:
+                values = frozenset(int(c) for c in conditions.split(","))
+            except ValueError:
+                values = frozenset({-1})
+            if robot not in robots or robot in pinned or min(values) < 0:
+                raise ConfigError(f"trainer node: robot_conditions {item!r}: expected <robot>:<c>,<c>… with "
+                                  f"a robot of {list(robots)} named once")
+            pinned[robot] = values
+        return robots, pinned
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,16 @@ def decode_with_rosbags(raw: bytes) -> object:
     return sample_typestore().deserialize_cdr(raw, SAMPLE_TYPE)
 
 
+def index_ordered(messages: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The samples of a batch, in index order, with their log times raised where needed (by 1 ns past the
+    previous one) so that a reader, which returns a bag's messages by log time, returns them in that
+    order: samples run by several robots finish out of index order, and the index fixes each one's seed."""
+    out: list[tuple[int, bytes]] = []
+    for stamp, raw in messages:
+        out.append((stamp if not out or stamp > out[-1][0] else out[-1][0] + 1, raw))
+    return out
+
+
 class SampleStore:
     """Sample bags of one run folder, per (iteration, condition) batch; see the module docstring."""
 
@@ -184,7 +194,7 @@ class SampleStore:
                 raise ValueError(f"batch (iteration {iteration}, condition {condition}) lacks samples "
                                  f"{missing}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_bag(path, [pending[i] for i in range(count)])
+            write_bag(path, index_ordered([pending[i] for i in range(count)]))
         for index in range(count):
             shutil.rmtree(self._pending_path(iteration, condition, index), ignore_errors=True)
         return path

@@ -3,9 +3,12 @@
 :class:`TrainerLoop` runs LQR-FLM iterations against a :class:`Transport` (the trainer node implements
 it over DDS in :mod:`mbpl_ros.trainer_transport`; tests implement it in process). One iteration:
 
-1. for every condition m, samples_per_condition trials of the controller ``controller_id(i, m)``;
-   each accepted sample is written at once to its own small bag, and the batch is closed into one
-   bag per (i, m) when complete (:class:`mbpl_ros.recording.SampleStore`);
+1. for every condition m, samples_per_condition trials of the controller ``controller_id(i, m)``, all
+   handed to the transport at once (:func:`run_trials`: several robots run them in parallel); each
+   sample is written to its own small bag as it arrives, by a writer thread off the trials' path
+   (:class:`BagWriter`), and the batch is closed into one bag per (i, m) when complete
+   (:class:`mbpl_ros.recording.SampleStore`). A failed trial is asked again (next attempt: new id and
+   seed) in the next round, up to max_attempts;
 2. ``hooks.before_c_step(i, batches)`` — GPS mode linearises the policy at the samples here;
 3. every condition's dynamics fitted; ``hooks.step_mults(i, batches, dynamics)`` gives each
    condition's step multiplier (GPS mode: MDGPS's step rule; None: the iLQR node's LQR-FLM rule); then
@@ -26,6 +29,8 @@ and LQR services are idempotent per (condition, iteration), so repeating them af
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -170,12 +175,66 @@ class ControllerUpdate:
     reference_fallback: bool = False
 
 
+OnResult = Callable[[int, "TrialResult | None"], None]
+
+
+def run_trials(transport: Any, requests: Sequence[TrialRequest], on_result: OnResult | None = None,
+               ) -> list[TrialResult | None]:
+    """Every request through ``transport.run_trials`` where it has one, else one after the other; the
+    result of request j at j, and ``on_result(j, result)`` as each one is final (one call at a time)."""
+    batch = getattr(transport, "run_trials", None)
+    if batch is not None:
+        return list(batch(requests, on_result))
+    out: list[TrialResult | None] = []
+    for j, request in enumerate(requests):
+        out.append(transport.run_trial(request))
+        if on_result is not None:
+            on_result(j, out[-1])
+    return out
+
+
+class BagWriter:
+    """Writes samples to their bags (``SampleStore.record_trial``) on a thread of its own, so the next
+    trial starts while one is written; :meth:`close` waits for every queued write and re-raises the first
+    error. ``busy_s``: seconds spent writing."""
+
+    def __init__(self, store: SampleStore) -> None:
+        self.store, self.busy_s = store, 0.0
+        self._queue: queue.Queue[tuple[int, int, int, bytes, int] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="bag-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, iteration: int, condition: int, index: int, raw: bytes) -> None:
+        self._queue.put((iteration, condition, index, raw, time.time_ns()))
+
+    def _write(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                start = time.perf_counter()
+                try:
+                    self.store.record_trial(*item)
+                except BaseException as err:  # noqa: BLE001 - re-raised by close() in the loop's thread
+                    self._error = err
+                self.busy_s += time.perf_counter() - start
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class StepFailedError(RuntimeError):
     """A fitting or LQR service answered success = false (its message says why)."""
 
 
 class Transport(Protocol):
-    """How the loop reaches the sampler, fitting and iLQR nodes (DDS in the node, in-process in tests)."""
+    """How the loop reaches the sampler, fitting and iLQR nodes (DDS in the node, in-process in tests).
+
+    A transport may also offer ``run_trials(requests, on_result)`` (several robots in parallel, as
+    :class:`mbpl_ros.trainer_transport.GraphTransport`); :func:`run_trials` falls back to run_trial.
+    """
 
     def run_trial(self, request: TrialRequest) -> TrialResult | None:
         """Run one trial and wait for its sample; None if it aborted or never arrived (it is re-run)."""
@@ -287,7 +346,7 @@ def final_distances(layout: StateLayout, batch: SampleBatch) -> np.ndarray:
 @dataclass
 class _Clock:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
-        ("sampling", "recording", "fitting", "lqr", "evaluation"), 0.0))
+        ("sampling", "recording", "recording_background", "fitting", "lqr", "evaluation"), 0.0))
 
     def add(self, key: str, start: float) -> None:
         self.seconds[key] += time.perf_counter() - start
@@ -320,7 +379,7 @@ class TrainerLoop:
     def iteration(self, i: int) -> dict[str, Any]:
         """One iteration (module docstring); checkpoints and returns its history record."""
         start, clock = time.perf_counter(), _Clock()
-        results = [self._sample_condition(i, m, clock) for m in range(self.settings.num_conditions)]
+        results = self._sample(i, clock)
         batches = [SampleBatch.concatenate([r.batch for r in rs]) for rs in results]
         self.hooks.before_c_step(i, batches)
         M = self.settings.num_conditions
@@ -342,40 +401,68 @@ class TrainerLoop:
                                   time.perf_counter() - start, record.get("policy_tip_distance")))
         return record
 
-    def _sample_condition(self, i: int, m: int, clock: _Clock) -> list[TrialResult]:
-        """All samples of batch (i, m): the recorded ones from the bags, the missing ones run now."""
+    def _sample(self, i: int, clock: _Clock) -> list[list[TrialResult]]:
+        """All samples of iteration i per condition (index order): recorded ones from the bags, the missing
+        ones run now, every condition's at once (module docstring)."""
         start = time.perf_counter()
-        n = self.settings.samples_per_condition
-        recorded = self.store.samples(i, m)
-        if recorded:
-            self.log(f"iteration {i} condition {m}: {len(recorded)} of {n} samples already recorded")
-        for index in range(n):
-            if index not in recorded:
-                recorded[index] = self._run_trial(i, m, index, clock).raw
-        clock.add("sampling", start)
-        start = time.perf_counter()
-        self.store.close_batch(i, m, n)
-        clock.add("recording", start)
-        return [self.transport.decode(recorded[index]) for index in range(n)]
+        n, M = self.settings.samples_per_condition, self.settings.num_conditions
+        recorded = {m: self.store.samples(i, m) for m in range(M)}
+        for m, have in recorded.items():
+            if have:
+                self.log(f"iteration {i} condition {m}: {len(have)} of {n} samples already recorded")
+        missing = [(m, index) for m in range(M) for index in range(n) if index not in recorded[m]]
+        writer = BagWriter(self.store)
 
-    def _run_trial(self, i: int, m: int, index: int, clock: _Clock) -> TrialResult:
-        for attempt in range(self.settings.max_attempts):
-            request = TrialRequest(
-                condition=m, trial_id=trial_id(self.state.session, i, m, index, attempt),
-                controller_id=self.state.controller_ids[m],
-                seed=trial_seed(self.settings.seed, i, m, index, attempt))
-            result = self.transport.run_trial(request)
-            if result is not None and not result.meta.aborted:
-                start = time.perf_counter()
-                self.store.record_trial(i, m, index, result.raw, time.time_ns())
-                clock.add("recording", start)
-                clock.seconds["sampling"] -= time.perf_counter() - start  # counted once, as recording
-                return result
-            reason = "no sample" if result is None else f"aborted: {result.meta.abort_reason}"
-            self.log(f"trial {request.trial_id} (iteration {i}, condition {m}, sample {index}) {reason}; "
-                     "re-running")
-        raise TrialFailedError(f"iteration {i} condition {m} sample {index}: no sample in "
-                               f"{self.settings.max_attempts} attempts")
+        def request(key: tuple[int, int], attempt: int) -> TrialRequest:
+            m, index = key
+            return TrialRequest(condition=m, trial_id=trial_id(self.state.session, i, m, index, attempt),
+                                controller_id=self.state.controller_ids[m],
+                                seed=trial_seed(self.settings.seed, i, m, index, attempt))
+
+        def keep(key: tuple[int, int], result: TrialResult) -> None:
+            m, index = key
+            recorded[m][index] = result.raw
+            writer.put(i, m, index, result.raw)
+
+        try:
+            self._run_all(missing, request, keep,
+                          lambda key: f"iteration {i}, condition {key[0]}, sample {key[1]}")
+        finally:
+            trials_done = time.perf_counter()
+            writer.close()
+            clock.seconds["recording_background"] += writer.busy_s
+        clock.seconds["sampling"] += trials_done - start
+        for m in range(M):
+            self.store.close_batch(i, m, n)
+        clock.add("recording", trials_done)  # the writer's last bag and the batches: on the critical path
+        return [[self.transport.decode(recorded[m][index]) for index in range(n)] for m in range(M)]
+
+    def _run_all(self, keys: Sequence[Any], request: Callable[[Any, int], TrialRequest],
+                 keep: Callable[[Any, TrialResult], None], what: Callable[[Any], str]) -> None:
+        """Run a trial for every key (``request(key, attempt)``), all at once; ``keep(key, result)`` as
+        each succeeds; failed ones again with the next attempt; TrialFailedError after max_attempts."""
+        attempts = dict.fromkeys(keys, 0)
+        todo = list(keys)
+        while todo:
+            requests = [request(key, attempts[key]) for key in todo]
+
+            def on_result(j: int, result: TrialResult | None, todo: list[Any] = todo) -> None:
+                if result is not None and not result.meta.aborted:
+                    keep(todo[j], result)
+
+            results = run_trials(self.transport, requests, on_result)
+            failed = []
+            for key, req, result in zip(todo, requests, results, strict=True):
+                if result is not None and not result.meta.aborted:
+                    continue
+                reason = "no sample" if result is None else f"aborted: {result.meta.abort_reason}"
+                self.log(f"trial {req.trial_id} ({what(key)}) {reason}; re-running")
+                attempts[key] += 1
+                if attempts[key] >= self.settings.max_attempts:
+                    raise TrialFailedError(f"{what(key)}: no sample in {self.settings.max_attempts} "
+                                           "attempts")
+                failed.append(key)
+            todo = failed
 
     def _fit(self, i: int, m: int, samples: list[TrialResult], clock: _Clock) -> Any:
         start = time.perf_counter()
@@ -404,19 +491,16 @@ class TrainerLoop:
     def _evaluate(self, i: int, ids: Sequence[int], clock: _Clock) -> list[TrialResult]:
         """One noiseless trial per condition of the controllers just computed (not part of the bags)."""
         start = time.perf_counter()
-        out = []
-        for m, cid in enumerate(ids):
-            for attempt in range(self.settings.max_attempts):
-                request = TrialRequest(m, trial_id(self.state.session, i, m, MAX_SAMPLES - 1, attempt), cid,
-                                       seed=0, add_noise=False)
-                result = self.transport.run_trial(request)
-                if result is not None and not result.meta.aborted:
-                    out.append(result)
-                    break
-            else:
-                raise TrialFailedError(f"iteration {i}: evaluation trial of condition {m} failed")
+        out: dict[int, TrialResult] = {}
+
+        def request(m: int, attempt: int) -> TrialRequest:
+            return TrialRequest(m, trial_id(self.state.session, i, m, MAX_SAMPLES - 1, attempt), ids[m],
+                                seed=0, add_noise=False)
+
+        self._run_all(list(range(len(ids))), request, out.__setitem__,
+                      lambda m: f"iteration {i}: evaluation trial of condition {m}")
         clock.add("evaluation", start)
-        return out
+        return [out[m] for m in range(len(ids))]
 
     def _record(self, i: int, batches: Sequence[SampleBatch], updates: Sequence[ControllerUpdate],
                 evaluation: Sequence[TrialResult] | None, clock: _Clock, wall_s: float) -> dict[str, Any]:

@@ -16,6 +16,16 @@
 * ``controller`` (GPS mode): an LG controller by id as the iLQR node published it on ``mbpl/controllers``
   (subscribed transient-local, so the initial ones published before the trainer started arrive too).
 
+Several robots (parameter ``robots``: namespaces): each has its own ``<ns>/mbpl/run_trial`` and
+``<ns>/mbpl/samples``; :meth:`GraphTransport.run_trials` hands a batch of independent trials to the robots
+(a thread per robot takes the next trial it may run: ``robot_conditions`` pins conditions to robots), so
+they sample in parallel. A robot whose sampler is gone (its service absent or silent for ``requery_after``
+s when asked or re-asked) or that does not deliver a trial within ``trial_timeout`` (or aborts it) takes
+no more trials of the batch,
+and its trial is queued again for another robot (same request, so the same sample in lockstep; counted in
+``requeued`` and logged); a late sample of it from the first robot is taken only if it comes first, and
+only one is ever returned. With one robot (no namespace) the names are the relative ones above.
+
 Every request and publication carries the run's ``run_token``; controllers on ``mbpl/controllers``
 with another token are ignored. Every subscription callback is total (a bad message is logged, never
 raised). Every wait checks for SIGINT/SIGTERM and leaves with ExternalShutdownException.
@@ -26,7 +36,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mbpl_msgs.msg import LinearGaussianController as ControllerMsg
@@ -62,6 +72,106 @@ def decode_sample(raw: bytes) -> TrialResult:
     return TrialResult(raw, batch, meta)
 
 
+def may_run(robot: str, condition: int, pinned: dict[str, frozenset[int]]) -> bool:
+    """Whether ``robot`` runs ``condition``: a condition pinned to robots runs on those only, any other on
+    every robot (``robot_conditions``)."""
+    if any(condition in c for c in pinned.values()):
+        return condition in pinned.get(robot, frozenset())
+    return True
+
+
+def _robot_name(namespace: str, name: str) -> str:
+    """A robot's own topic or service: ``<namespace>/<name>`` (relative), or ``name`` without a namespace."""
+    return f"{namespace}/{name}" if namespace else name
+
+
+class _RobotPool:
+    """One batch of trials over several robots: a thread per robot takes the next trial it may run."""
+
+    def __init__(self, transport: GraphTransport, requests: Sequence[TrialRequest],
+                 on_result: Callable[[int, TrialResult | None], None] | None) -> None:
+        self.transport, self.requests, self.on_result = transport, list(requests), on_result
+        self.pending = list(range(len(self.requests)))
+        self.results: list[TrialResult | None] = [None] * len(self.requests)
+        self.failed_on: dict[int, set[int]] = {j: set() for j in self.pending}
+        self.out_of_batch: set[int] = set()  # robots that failed a trial of this batch
+        self.in_flight = 0
+        self.cv = threading.Condition()
+        self.error: BaseException | None = None
+
+    def run(self) -> list[TrialResult | None]:
+        threads = [threading.Thread(target=self._worker, args=(k,), name=f"robot-{ns}", daemon=True)
+                   for k, ns in enumerate(self.transport.robots)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.error is not None:
+            raise self.error
+        return self.results
+
+    def _eligible(self, robot: int, j: int) -> bool:
+        return (robot not in self.failed_on[j] and robot not in self.out_of_batch
+                and self.transport.may_run(robot, self.requests[j].condition))
+
+    def _someone_can(self, j: int) -> bool:
+        return any(self._eligible(k, j) for k in range(len(self.transport.robots)))
+
+    def _take(self, robot: int) -> int | None:
+        """The next trial this robot may run; None once none is left for it (waits while others run)."""
+        with self.cv:
+            while True:
+                if self.error is not None or robot in self.out_of_batch:
+                    return None
+                j = next((j for j in self.pending if self._eligible(robot, j)), None)
+                if j is not None:
+                    self.pending.remove(j)
+                    self.in_flight += 1
+                    return j
+                if self.in_flight == 0:
+                    return None
+                self.cv.wait(0.5)  # a trial in flight elsewhere may come back to the queue
+
+    def _worker(self, robot: int) -> None:
+        ns = self.transport.robots[robot]
+        while True:
+            j = self._take(robot)
+            if j is None:
+                return
+            try:
+                result = self.transport._run_on(robot, self.requests[j], give_up_if_absent=True)
+            except BaseException as err:  # noqa: BLE001 - shutdown or a bug: end the batch with it
+                with self.cv:
+                    self.error, self.in_flight = err, self.in_flight - 1
+                    self.cv.notify_all()
+                return
+            with self.cv:
+                self.in_flight -= 1
+                trial = self.requests[j].trial_id
+                if result is None or result.meta.aborted:
+                    self.failed_on[j].add(robot)
+                    self.out_of_batch.add(robot)
+                    if self._someone_can(j):
+                        self.pending.insert(0, j)
+                        self.transport.requeued += 1
+                        why = "no sample" if result is None else f"aborted: {result.meta.abort_reason}"
+                        self.transport.get_logger().warning(
+                            f"trial {trial} lost on robot {ns} ({why}): queued again for another robot; {ns} "
+                            "takes no more trials of this batch")
+                        self.cv.notify_all()
+                        continue
+                self.results[j] = result
+                if self.on_result is not None:
+                    self.on_result(j, result)
+                # a trial that no robot is left for stays None: the loop re-runs it
+                for k in list(self.pending):
+                    if not self._someone_can(k):
+                        self.pending.remove(k)
+                        if self.on_result is not None:
+                            self.on_result(k, None)
+                self.cv.notify_all()
+
+
 class GraphTransport:
     """trainer_logic.Transport over the graph's services and topics, on the trainer's node.
 
@@ -73,7 +183,10 @@ class GraphTransport:
         self.node, self.params = node, params
         self.context = node.context
         group = ReentrantCallbackGroup()
-        self._trial = node.create_client(RunTrial, "mbpl/run_trial", callback_group=group)
+        namespaces, self.pinned = params.robot_pool()
+        self.robots: tuple[str, ...] = namespaces or ("",)
+        self._trial_clients = [node.create_client(RunTrial, _robot_name(ns, "mbpl/run_trial"),
+                                                  callback_group=group) for ns in self.robots]
         self._fit = node.create_client(FitDynamics, "mbpl/fit_dynamics", callback_group=group)
         self._update = node.create_client(UpdateController, "mbpl/update_controller", callback_group=group)
         self._fit_model = node.create_client(FitModel, "mbpl/fit_model", callback_group=group)
@@ -82,8 +195,11 @@ class GraphTransport:
         self._stopping = False
         self.context.on_shutdown(self._wake)
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        node.create_subscription(TrajectorySample, "mbpl/samples", self._on_sample, qos, callback_group=group,
-                                 raw=True)
+        for ns in self.robots:
+            node.create_subscription(TrajectorySample, _robot_name(ns, "mbpl/samples"), self._on_sample, qos,
+                                     callback_group=group, raw=True)
+        self.requeued = 0  # trials handed to another robot after theirs failed (diagnostics, tests)
+        self._robots_checked = len(self.robots) == 1
         self._policy_pub = node.create_publisher(PolicyParameters, "mbpl/policy", POLICY_QOS)
         self._controllers: OrderedDict[int, Any] = OrderedDict()  # controller id → message
         node.create_subscription(ControllerMsg, "mbpl/controllers", self._on_controller, CONTROLLERS_QOS,
@@ -148,15 +264,56 @@ class GraphTransport:
 
     # -- Transport -----------------------------------------------------------------------------------
     def run_trial(self, request: TrialRequest) -> TrialResult | None:
+        return self.run_trials([request])[0]
+
+    def run_trials(self, requests: Sequence[TrialRequest],
+                   on_result: Callable[[int, TrialResult | None], None] | None = None,
+                   ) -> list[TrialResult | None]:
+        """Every request run on some robot, in parallel over the robots (module docstring); the result of
+        request j (None: aborted nowhere, missing everywhere) at j. ``on_result(j, result)`` is called as
+        each one is final, from the robot's thread (one call at a time)."""
+        if len(self.robots) == 1:
+            out = []
+            for j, request in enumerate(requests):
+                out.append(self._run_on(0, request, give_up_if_absent=False))
+                if on_result is not None:
+                    on_result(j, out[-1])
+            return out
+        self._await_robots()
+        return _RobotPool(self, requests, on_result).run()
+
+    def _await_robots(self, timeout: float = 30.0) -> None:
+        """Before the first batch: wait up to ``timeout`` s for every robot's sampler (they start together
+        with the trainer); one still missing is named, and its trials go to the others meanwhile."""
+        if self._robots_checked:
+            return
+        self._robots_checked = True
+        deadline = time.monotonic() + timeout
+        for ns, client in zip(self.robots, self._trial_clients, strict=True):
+            while not client.wait_for_service(timeout_sec=0.5):
+                self._check_running()
+                if time.monotonic() > deadline:
+                    self.get_logger().warning(f"robot {ns}: no sampler after {timeout:g} s; the other robots "
+                                              "take its trials until it answers")
+                    break
+
+    def may_run(self, robot: int, condition: int) -> bool:
+        """Whether robot ``robot`` (index into robots) runs ``condition``: a condition pinned to robots
+        (robot_conditions) runs on those only, any other on every robot."""
+        return may_run(self.robots[robot], condition, self.pinned)
+
+    def _run_on(self, robot: int, request: TrialRequest, give_up_if_absent: bool) -> TrialResult | None:
+        """RunTrial on robot ``robot`` and the sample; None if refused, lost or aborted (logged)."""
+        client = self._trial_clients[robot]
         msg = RunTrial.Request(condition=request.condition, trial_id=request.trial_id, seed=request.seed,
                                policy_kind=request.policy_kind, add_noise=request.add_noise,
                                controller_id=request.controller_id, run_token=self.params.run_token)
         with self._cv:
             self._samples[request.trial_id] = None
         try:
-            if not self._until_accepted(msg):
+            if not self._until_accepted(client, msg, give_up_if_absent):
                 return None
-            raw = self._await_sample(msg)
+            raw = self._await_sample(client, msg, give_up_if_absent)
             self._check_running()
             if raw is None:
                 return None
@@ -169,12 +326,14 @@ class GraphTransport:
             with self._cv:
                 self._samples.pop(request.trial_id, None)
 
-    def _await_sample(self, msg: RunTrial.Request) -> bytes | None:
+    def _await_sample(self, client: Any, msg: RunTrial.Request, give_up_if_absent: bool) -> bytes | None:
         """The sample of an accepted trial, or None after trial_timeout s.
 
         Every ``requery_after`` s without it the request is sent again: a sampler that still has the
         trial answers "already queued"; one restarted since (killed with the trial) queues it anew, so
         the trial runs without waiting out trial_timeout. A refusal then goes back to the retry loop.
+        ``give_up_if_absent`` (several robots): a sampler whose service is gone or that does not answer the
+        request again (a live one answers at once) loses the trial.
         """
         tid = int(msg.trial_id)
         deadline = time.monotonic() + self.params.trial_timeout
@@ -187,24 +346,31 @@ class GraphTransport:
             self._check_running()
             if raw is not None or remaining <= self.params.requery_after:
                 return raw
-            response = self._call(self._trial, msg, min(10.0, self.params.requery_after))
+            response = self._call(client, msg, min(10.0, self.params.requery_after))
+            if response is None and give_up_if_absent:  # gone or hung: a live sampler answers at once
+                with self._cv:
+                    return self._samples[tid]  # it may have come in meanwhile
             if response is not None and not response.accepted:
                 self.get_logger().warning(f"trial {tid} lost by the sampler ({response.message}); "
                                           "asking again")
-                if not self._until_accepted(msg):
+                if not self._until_accepted(client, msg, give_up_if_absent):
                     return None
             elif response is not None and "already queued" not in response.message:
                 self.get_logger().warning(f"trial {tid} was lost by the sampler (restarted?); queued again")
 
-    def _until_accepted(self, msg: RunTrial.Request) -> bool:
-        """Ask until the sampler accepts, backing off 0.05 s → 1 s; False after refused_wait seconds."""
+    def _until_accepted(self, client: Any, msg: RunTrial.Request, give_up_if_absent: bool = False) -> bool:
+        """Ask until the sampler accepts, backing off 0.05 s → 1 s; False after refused_wait seconds (or,
+        ``give_up_if_absent``, as soon as its service is not up or does not answer in requery_after s)."""
         start = time.monotonic()
         deadline, delay, last = start + self.params.refused_wait, 0.05, ""
         republish_at = start + self.params.republish_after
         while time.monotonic() < deadline:
-            response = self._call(self._trial, msg, min(10.0, self.params.refused_wait))
+            timeout = self.params.requery_after if give_up_if_absent else self.params.refused_wait
+            response = self._call(client, msg, min(10.0, timeout))
             if response is not None and response.accepted:
                 return True
+            if response is None and give_up_if_absent:  # gone or hung: a live sampler answers at once
+                return False
             if response is not None and response.message != last:
                 last = response.message
                 self.get_logger().info(f"trial {msg.trial_id} refused: {last}; retrying")
