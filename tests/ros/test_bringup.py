@@ -82,6 +82,15 @@ NODE_MODULES = {
         print("done", flush=True)
         sys.exit(5)
     """,
+    "mbpl_test_killed": """
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    """,
+    "mbpl_test_trainer_waits": """
+        import time
+        time.sleep(3.0)
+        print("trained", flush=True)
+    """,
     # a node's chatter through the real ROS logger: per-trial INFO lines, one WARN, one ERROR
     "mbpl_test_talker": """
         import pathlib, sys
@@ -331,6 +340,24 @@ def test_required_node_ends_the_graph_and_respawn_restarts(node_modules: Path, t
     launcher, out = _launcher(specs, tmp_path / "run2")
     assert launcher.run() == 5, out.getvalue()
     assert "trainer finished with exit code 5" in out.getvalue()
+
+    # a node killed by a signal exits as a shell reports it (128 + N), not Popen's -N, and an optional
+    # node's death (one robot of several) leaves the graph running
+    specs = [
+        NodeSpec("robot", "mbpl_test_killed", optional=True, namespace="robot1"),
+        NodeSpec("trainer", "mbpl_test_killed", required=True),
+    ]
+    launcher, out = _launcher(specs, tmp_path / "run3")
+    assert launcher.run() == 137, out.getvalue()
+    assert "trainer finished with exit code 137" in out.getvalue()
+    specs = [
+        NodeSpec("robot", "mbpl_test_killed", optional=True, namespace="robot1"),
+        NodeSpec("trainer", "mbpl_test_trainer_waits", required=True),
+    ]
+    launcher, out = _launcher(specs, tmp_path / "run4")
+    assert launcher.run() == 0, out.getvalue()
+    assert "robot1/robot died with exit code 137: the graph goes on without it" in out.getvalue()
+    assert "[trainer] trained" in out.getvalue() and (tmp_path / "run4/logs/robot1/robot.log").exists()
 
 
 @pytest.mark.ros

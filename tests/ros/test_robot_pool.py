@@ -192,3 +192,30 @@ def test_pinned_conditions_are_respected_by_the_pool() -> None:
     transport = FakeRobots(("a", "b"), lose={"a": {100}}, pinned={"a": frozenset({0})})
     results, _ = _run(transport, _requests(6))
     assert results[0] is None and results[3] is None and results[1] is not None
+
+
+# ------------------------------------------------------------------------------------ resuming a run
+def test_relaunching_a_run_with_other_settings_is_refused_and_the_run_keeps_its_own(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder whose trainer checkpointed is resumed only with the settings it was started with:
+    anything but ``ros:`` (how the graph runs: robots, hosts) and the run lengths is a configuration error
+    before any node starts, and the run's config.yaml is left as it was."""
+    from mbpl_ros.cli import effective_config, main, settings_diff
+
+    run_dir = tmp_path / "run"
+    path, raw = effective_config(CONFIG, ["algorithm.iterations=2"], run_dir)
+    (run_dir / "trainer_state.json").write_text("{}")
+    before = path.read_text()
+    code = main(["launch", str(CONFIG), "--run-dir", str(run_dir), "--set", "cost.ee.l2=5.0",
+                 "--set", "algorithm.seed=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "started with other settings (algorithm.seed, cost.ee.l2 differ)" in err
+    assert path.read_text() == before
+    longer = yaml.safe_load(before)
+    longer["algorithm"]["iterations"] = 20
+    longer["ros"] = {**longer.get("ros", {}), "robots": 2}
+    assert settings_diff(raw, longer) == []                        # extend the run, add a robot: fine
+    longer["gps"] = {**longer.get("gps", {}), "iterations": 5}     # the S-step's Adam steps: not a length
+    longer["cost"]["ee"]["alpha"] = 1.0
+    assert settings_diff(raw, longer) == ["cost.ee.alpha", "gps.iterations"]

@@ -308,6 +308,12 @@ def _node_parameters(name: str, ros: RosSection, config_path: Path, run_dir: str
     return params
 
 
+def exit_code(proc: subprocess.Popen) -> int:
+    """A finished process's exit code as a shell reports it: 128 + N when signal N killed it."""
+    code = int(proc.returncode)
+    return code if code >= 0 else 128 - code
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGTERM if the launcher dies, so no node outlives it (Linux)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -453,7 +459,7 @@ class ProcessLauncher:
             running = self._running.get(name)
             if running is None or running.proc is not proc:
                 continue  # an exit already handled (e.g. reported during shutdown)
-            code = proc.returncode
+            code = exit_code(proc)
             self.exit_codes[name] = code
             spec = running.spec
             if spec.required:
@@ -500,9 +506,10 @@ class ProcessLauncher:
             alive = still
         for r in self._running.values():
             r.forwarder.join(timeout=self.stop_timeout)
-            if r.spec.label not in self.exit_codes or r.proc.returncode != self.exit_codes[r.spec.label]:
-                self.exit_codes[r.spec.label] = r.proc.returncode
-                self.say(f"{r.spec.label} exited with code {r.proc.returncode}")
+            code = exit_code(r.proc)
+            if r.spec.label not in self.exit_codes or code != self.exit_codes[r.spec.label]:
+                self.exit_codes[r.spec.label] = code
+                self.say(f"{r.spec.label} exited with code {code}")
 
 
 def launch(specs: Sequence[NodeSpec], run_dir: str | Path, out: IO[str] | None = None) -> int:

@@ -107,6 +107,37 @@ def effective_config(
     return path, raw
 
 
+RESUMABLE_FREELY = ("ros",)  # how the graph runs (robots, hosts, node parameters), not what it learns
+# how long it runs: a finished run may be extended (gps.iterations, Adam steps per S-step, is not one)
+RUN_LENGTHS = ("algorithm.iterations", "pets.iterations", "sac.iterations", "mbpo.iterations",
+               "bptt.iterations")
+
+
+def _started_run_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The settings of the run already in ``run_dir`` (its config.yaml once a trainer checkpointed), else
+    None."""
+    config = run_dir / "config.yaml"
+    if not (run_dir / "trainer_state.json").exists() or not config.exists():
+        return None
+    return yaml.safe_load(config.read_text()) or {}
+
+
+def settings_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two experiment mappings (``ros`` and the run lengths
+    ignored)."""
+    if prefix in RUN_LENGTHS:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            if not prefix and key in RESUMABLE_FREELY:
+                continue
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += settings_diff(old.get(key), new.get(key), name) if key in old and key in new else [name]
+        return out
+    return [] if old == new else [prefix or "(top)"]
+
+
 def _default_run_dir(config: str, mode: str) -> Path:
     return Path("runs") / f"{Path(config).stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -130,7 +161,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if token and (len(token) < 16 or not token.isalnum()):
         raise ConfigError("--run-token: at least 16 letters or digits (e.g. secrets.token_hex(16))")
     run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args.config, "launch")
+    previous = _started_run_settings(run_dir)
     path, raw = effective_config(args.config, args.set, run_dir, args.strict, log=True, graph=True)
+    if previous is not None:
+        changed = settings_diff(previous, raw)
+        if changed:
+            path.write_text(yaml.safe_dump(previous, sort_keys=False))  # the run keeps what it ran with
+            raise ConfigError(f"{run_dir} holds a run started with other settings ({', '.join(changed[:8])}"
+                              f"{', …' if len(changed) > 8 else ''} differ): resuming would mix them; "
+                              "launch with the same settings or use another --run-dir")
+        print(f"[mbpl] resuming the run in {run_dir} (same settings)", flush=True)
     specs = graph_from_experiment(path, raw, run_dir=run_dir, run_token=token or new_run_token(),
                                   only=args.only)
     part = f" ({args.only} side)" if args.only else ""

@@ -80,12 +80,16 @@ class TrainerNodeParams:
                            "(mbpl launch sets one per run)", "")
     robots: str = param("namespaces of the robots (sampler + sim or driver), space-separated; each trial "
                         "goes to a free one; empty: one robot without a namespace", "")
+    torch_threads: int = param("torch CPU threads of the trainer's networks (S-step, ensemble, SAC, BPTT); "
+                               "0: torch's default", 1)
     robot_conditions: str = param("conditions pinned to robots, 'robot0:0,1 robot1:2,3'; a condition named "
                                   "nowhere runs on any robot; empty: every robot runs every condition", "")
 
     def __post_init__(self) -> None:
         _require_config("trainer", self.config)
         self.robot_pool()
+        if self.torch_threads < 0:
+            raise ConfigError(f"trainer node: torch_threads must be >= 0, got {self.torch_threads}")
         if self.iterations < -1:
             raise ConfigError(f"trainer node: iterations must be >= -1, got {self.iterations}")
         for name in ("trial_timeout", "service_timeout", "refused_wait", "republish_after",
