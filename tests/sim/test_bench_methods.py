@@ -27,12 +27,13 @@ def test_steps_to_success_is_the_first_iteration_with_every_condition_within_the
 @pytest.mark.slow
 def test_quick_comparison_runs_every_method_and_writes_json_plot_and_table(tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "bench" / "methods.py"), "--quick", "--tasks", "reacher2",
-           "--methods", "lqr_flm", "pets", "--out", str(tmp_path)]
+           "--methods", "lqr_flm", "pets", "sac", "mbpo", "bptt", "bptt_svg", "--out", str(tmp_path)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     result = json.loads((tmp_path / "methods.json").read_text())
+    names = ["lqr_flm", "pets", "sac", "mbpo", "bptt", "bptt_svg"]
     assert result["quick"] and [(r["task"], r["method"]) for r in result["rows"]] == [
-        ("reacher2", "lqr_flm"), ("reacher2", "pets")]
+        ("reacher2", m) for m in names]
     for row in result["rows"]:
         assert len(row["curve"]) == methods.QUICK_ITERATIONS
         steps, worst = row["curve"][-1]
@@ -42,6 +43,8 @@ def test_quick_comparison_runs_every_method_and_writes_json_plot_and_table(tmp_p
         assert f"| reacher2 | {row['method']} |" in result["table"]
     pets = result["rows"][1]
     assert 0.0 <= pets["held_out_mpc"] <= 1.0 and 0.0 <= pets["held_out_policy"] <= 1.0
+    for learner in result["rows"][2:]:   # a deployable policy each, evaluated on the held-out targets
+        assert 0.0 <= learner["held_out_policy"] <= 1.0 and learner["held_out_mpc"] is None
     assert pets["planning_ms_p50"] <= pets["planning_ms_p99"]
     assert (tmp_path / "methods.png").stat().st_size > 1000
 
