@@ -4,7 +4,8 @@
 
 The Node actions are built from :func:`mbpl_ros.bringup.graph_from_experiment`, the same description
 ``mbpl launch`` starts with its own process launcher, so the two cannot drift. As there, a node that
-exits ends the launch unless the experiment's ``ros.respawn`` lists it. A fresh run token is drawn per
+exits ends the launch unless the experiment's ``ros.respawn`` lists it or it is one robot's node of
+several (``ros.robots``). A fresh run token is drawn per
 launch. With ``enclave_root`` (SROS2, ``ROS_SECURITY_ENABLE=true``) each node runs in the enclave
 ``<enclave_root>/<node name>`` (``<enclave_root>/<robot>/<node name>`` for a robot's nodes when the
 experiment has several robots, ``ros.robots``) of the keystore.
@@ -31,7 +32,7 @@ def _graph_actions(context: Any) -> list[Any]:
         extra: dict[str, Any] = {}
         if spec.respawn:
             extra.update(respawn=True, respawn_delay=spec.respawn_delay)
-        else:
+        elif not spec.optional:  # one robot of several may stop; the others take its trials
             extra["on_exit"] = Shutdown(reason=f"{spec.label} exited")
         if enclave_root:
             extra["ros_arguments"] = ["--enclave", f"{enclave_root}/{spec.label}"]

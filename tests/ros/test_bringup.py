@@ -403,10 +403,23 @@ def test_sigint_is_forwarded_and_every_process_exits(node_modules: Path, tmp_pat
             os.kill(pid, 0)
 
 
-def test_launch_file_builds_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> None:
-    """launch/mbpl_sim.launch.py against stand-ins for launch / launch_ros (absent here): same nodes."""
+@pytest.mark.parametrize("robots", [1, 2])
+def test_launch_file_builds_the_same_graph(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                           robots: int) -> None:
+    """launch/mbpl_sim.launch.py against stand-ins for launch / launch_ros (absent here): same nodes, with
+    the robots' namespaces and remaps; one robot's node of several does not end the launch."""
     import importlib.util
     import types
+
+    import yaml
+
+    config = REPO_ROOT / "configs/reacher2_sim.yaml"
+    if robots > 1:
+        raw = yaml.safe_load(config.read_text())
+        raw["ros"] = {**raw.get("ros", {}), "robots": robots}
+        raw["robot"]["description"] = str(REPO_ROOT / "urdf" / "reacher2" / "reacher2.urdf")
+        config = tmp_path / "two.yaml"
+        config.write_text(yaml.safe_dump(raw))
 
     class Recorder:
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -414,7 +427,7 @@ def test_launch_file_builds_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> N
 
     class Config(Recorder):
         def perform(self, context: object) -> str:
-            return str(REPO_ROOT / "configs/reacher2_sim.yaml")
+            return str(config)
 
     stubs = {
         "launch": {"LaunchDescription": Recorder},
@@ -432,11 +445,14 @@ def test_launch_file_builds_the_same_graph(monkeypatch: pytest.MonkeyPatch) -> N
     description = module.generate_launch_description()
     opaque = description.args[0][-1]
     nodes = opaque.kwargs["function"](context=None)
-    expected = graph_from_experiment(REPO_ROOT / "configs/reacher2_sim.yaml", run_token="token-of-launch")
-    got = [(n.kwargs["name"], n.kwargs["executable"]) for n in nodes]
-    assert got == [(s.name, s.executable) for s in expected]
+    expected = graph_from_experiment(config, run_token="token-of-launch")
+    got = [(n.kwargs["name"], n.kwargs["executable"], n.kwargs["namespace"]) for n in nodes]
+    assert got == [(s.name, s.executable, s.namespace) for s in expected]
     assert [n.kwargs["parameters"] for n in nodes] == [[dict(s.parameters)] for s in expected]
-    assert all("on_exit" in n.kwargs for n in nodes)  # no node respawns in the demo: any exit ends the launch
+    assert [n.kwargs["remappings"] for n in nodes] == [list(s.remaps) for s in expected]
+    # no node respawns here: any exit ends the launch, but one robot's node of several
+    assert [("on_exit" in n.kwargs) for n in nodes] == [not s.optional for s in expected]
+    assert sum(s.optional for s in expected) == (0 if robots == 1 else 2 * robots)
 
 
 def test_cli_overrides_and_placeholders(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

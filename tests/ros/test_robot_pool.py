@@ -2,10 +2,11 @@
 (:class:`mbpl_ros.trainer_transport._RobotPool`) and the loop over it, without ROS processes.
 
 Oracles: every request of a batch is answered exactly once (``on_result`` once per request, the result at
-its index) whatever robot ran it and in whatever order they finished; a lost or aborted trial is handed to
-another robot unchanged (same trial id, seed, condition: so the same sample in lockstep) and counted; a
-robot that lost one takes no more of the batch; pinned conditions run on their robots only; and a
-TrainerLoop over two robots ends with bags and history equal to the loop over one.
+its index) whatever robot ran it and in whatever order they finished; a lost trial (no sample) is handed
+to another robot unchanged (same trial id, seed, condition: so the same sample in lockstep) and counted,
+and that robot takes no more of the batch; an aborted sample is the trial's answer (the robot stays); a
+trial that never ran is answered NOT_RUN (same attempt again), one lost everywhere None (next attempt);
+pinned conditions run on their robots only.
 """
 
 from __future__ import annotations
@@ -154,16 +155,16 @@ def test_every_request_is_answered_once_at_its_index_by_some_robot() -> None:
     assert {ns for ns, _ in transport.ran} == {"a", "b", "c"} and transport.requeued == 0
 
 
-def test_a_lost_or_aborted_trial_goes_to_another_robot_unchanged_and_its_robot_leaves_the_batch() -> None:
-    transport = FakeRobots(("a", "b", "c"), lose={"a": {-2}}, abort={"b": {-3}})
+def test_a_lost_trial_goes_to_another_robot_unchanged_and_its_robot_leaves_the_batch() -> None:
+    transport = FakeRobots(("a", "b", "c"), lose={"a": {-2}, "b": {-3}})
     requests = _requests(40)  # enough that a runs >= 2 and b >= 3 whatever the threads' timing
     results, calls = _run(transport, requests)
     assert sorted(calls) == list(range(40)) and transport.requeued == 2
     assert all(not r.meta.aborted for r in results)
     by_robot = {ns: [t for r, t in transport.ran if r == ns] for ns in "abc"}
-    lost, aborted = by_robot["a"][1], by_robot["b"][2]
+    lost_a, lost_b = by_robot["a"][1], by_robot["b"][2]
     assert by_robot["a"] == by_robot["a"][:2] and by_robot["b"] == by_robot["b"][:3]  # then no more
-    for trial, robot in ((lost, "a"), (aborted, "b")):
+    for trial, robot in ((lost_a, "a"), (lost_b, "b")):
         j = trial - 100
         assert results[j].robot != robot                                   # another robot ran it ...
         assert results[j].raw == f"{trial}:{requests[j].seed}".encode()    # ... the same request
@@ -172,11 +173,26 @@ def test_a_lost_or_aborted_trial_goes_to_another_robot_unchanged_and_its_robot_l
     assert "queued again for another robot" in transport.warnings[0]
 
 
-def test_a_trial_no_robot_can_run_any_more_comes_back_unanswered() -> None:
+def test_an_aborted_sample_is_the_trials_answer_and_its_robot_stays() -> None:
+    """In lockstep the same request aborts the same way on any robot: answered as it is (the loop runs
+    the next attempt), not handed around, and the robot goes on with the batch."""
+    transport = FakeRobots(("a", "b"), abort={"a": {-1}})
+    results, calls = _run(transport, _requests(20))
+    aborted = [r for r in results if r.meta.aborted]
+    assert len(aborted) == 1 and aborted[0].robot == "a" and transport.requeued == 0
+    assert sorted(calls) == list(range(20)) and len(transport.ran) == 20
+    assert sum(1 for ns, _ in transport.ran if ns == "a") > 1   # a took more trials after its abort
+
+
+def test_trials_no_robot_was_left_for_come_back_not_run_and_lost_ones_none() -> None:
+    from mbpl_ros.trainer_logic import NOT_RUN
+
     transport = FakeRobots(("a", "b"), lose={"a": {-1}, "b": {-1}})
     results, calls = _run(transport, _requests(6))
     assert sorted(calls) == list(range(6)) and len(transport.ran) == 2   # each lost one: nobody is left
-    assert sum(r is None for r in results) == 6   # unanswered: the loop re-runs them (next attempt)
+    tried = {t - 100 for _, t in transport.ran}
+    assert all(results[j] is None for j in tried)                          # lost everywhere: a failed attempt
+    assert all(results[j] is NOT_RUN for j in range(6) if j not in tried)  # never ran: ask again as it is
 
 
 def test_pinned_conditions_are_respected_by_the_pool() -> None:
@@ -188,10 +204,12 @@ def test_pinned_conditions_are_respected_by_the_pool() -> None:
             assert result.robot == "a"
         elif request.condition == 1:
             assert result.robot == "b"
-    # a pinned robot that loses its trial: nobody else may run that condition -> unanswered
+    # a pinned robot that loses its trial: nobody else may run that condition
+    from mbpl_ros.trainer_logic import NOT_RUN
+
     transport = FakeRobots(("a", "b"), lose={"a": {100}}, pinned={"a": frozenset({0})})
     results, _ = _run(transport, _requests(6))
-    assert results[0] is None and results[3] is None and results[1] is not None
+    assert results[0] is None and results[3] is NOT_RUN and results[1] is not None
 
 
 # ------------------------------------------------------------------------------------ resuming a run
@@ -216,6 +234,46 @@ def test_relaunching_a_run_with_other_settings_is_refused_and_the_run_keeps_its_
     longer["algorithm"]["iterations"] = 20
     longer["ros"] = {**longer.get("ros", {}), "robots": 2}
     assert settings_diff(raw, longer) == []                        # extend the run, add a robot: fine
+    del longer["algorithm"]["iterations"]                          # set on one side only: still a length
+    assert settings_diff(raw, longer) == [] and settings_diff(longer, raw) == []
     longer["gps"] = {**longer.get("gps", {}), "iterations": 5}     # the S-step's Adam steps: not a length
     longer["cost"]["ee"]["alpha"] = 1.0
-    assert settings_diff(raw, longer) == ["cost.ee.alpha", "gps.iterations"]
+    longer["ros"]["lockstep"] = False                               # how samples are taken: part of the run
+    longer["ros"]["nodes"] = {"trainer": {"evaluate": False}}
+    assert settings_diff(raw, longer) == ["cost.ee.alpha", "gps.iterations", "ros.lockstep", "ros.nodes"]
+
+
+def test_the_loop_asks_a_not_run_trial_again_as_it_was_and_a_failed_one_with_the_next_attempt() -> None:
+    """TrainerLoop._run_all over a transport with run_trials: NOT_RUN → the same request again (it never
+    ran, so its id and seed stay: the sample is the one the trial would have given); None or aborted →
+    the next attempt (new id and seed); TrialFailedError after max_attempts failed attempts."""
+    from mbpl_ros.trainer_logic import NOT_RUN, LoopSettings, TrainerLoop, TrialFailedError, TrialResult
+
+    answers = iter([[NOT_RUN, None, "ok"], [NOT_RUN, "aborted"], ["ok", "ok"]])
+    asked: list[list[tuple[int, int]]] = []
+
+    class Batches:
+        def run_trials(self, requests: list[TrialRequest], on_result: Any) -> list[Any]:
+            asked.append([(r.trial_id, r.seed) for r in requests])
+            out = []
+            for j, answer in enumerate(next(answers)):
+                if isinstance(answer, str):
+                    meta = SimpleNamespace(aborted=answer == "aborted", abort_reason="stale")
+                    answer = TrialResult(b"", None, meta)  # type: ignore[arg-type]
+                out.append(answer)
+                on_result(j, answer)
+            return out
+
+    loop = TrainerLoop.__new__(TrainerLoop)
+    loop.transport, loop.log = Batches(), lambda _: None
+    loop.settings = LoopSettings(num_conditions=3, iterations=1, samples_per_condition=1, max_attempts=3)
+    kept: dict[int, Any] = {}
+    def request(key: int, attempt: int) -> TrialRequest:
+        return TrialRequest(key, 10 * key + attempt, 1, 100 * key + attempt)
+
+    loop._run_all([0, 1, 2], request, kept.__setitem__, str)
+    assert asked == [[(0, 0), (10, 100), (20, 200)], [(0, 0), (11, 101)], [(0, 0), (12, 102)]]
+    assert sorted(kept) == [0, 1, 2]
+    answers = iter([[None], [None], [None]])
+    with pytest.raises(TrialFailedError, match="no sample in 3 attempts"):
+        loop._run_all([0], lambda key, attempt: TrialRequest(key, attempt, 1, attempt), kept.__setitem__, str)

@@ -280,7 +280,8 @@ def graph_from_experiment(
 
 # a namespaced robot's names that stay the run's (one iLQR node, one trainer) or its own (a sim's clock)
 ROBOT_REMAPS: dict[str, tuple[tuple[str, str], ...]] = {
-    "sampler": (("mbpl/controllers", "/mbpl/controllers"), ("mbpl/policy", "/mbpl/policy")),
+    "sampler": (("mbpl/controllers", "/mbpl/controllers"), ("mbpl/policy", "/mbpl/policy"),
+                ("mbpl/plan_requests", "/mbpl/plan_requests"), ("mbpl/plans", "/mbpl/plans")),
     "sim": (("/clock", "clock"),),
 }
 
@@ -475,6 +476,9 @@ class ProcessLauncher:
             if spec.optional:
                 self.say(f"node {name} died with exit code {code}: the graph goes on without it (its log: "
                          f"{self.run_dir / 'logs' / f'{name}.log'})")
+                if all(r.proc.poll() is not None for r in self._running.values()) and not respawn_at:
+                    self.say("no node of the graph is left: stopping")
+                    return 1
                 continue
             self._fail(name, code)
             self.say(f"node {name} died with exit code {code}")

@@ -107,7 +107,9 @@ def effective_config(
     return path, raw
 
 
-RESUMABLE_FREELY = ("ros",)  # how the graph runs (robots, hosts, node parameters), not what it learns
+# which robots run it and whether they restart: not what is learned (lockstep, node parameters such as
+# the sampler's bounds or the trainer's evaluation are)
+RESUMABLE_FREELY = ("ros.robots", "ros.robot_conditions", "ros.respawn")
 # how long it runs: a finished run may be extended (gps.iterations, Adam steps per S-step, is not one)
 RUN_LENGTHS = ("algorithm.iterations", "pets.iterations", "sac.iterations", "mbpo.iterations",
                "bptt.iterations")
@@ -123,17 +125,18 @@ def _started_run_settings(run_dir: Path) -> dict[str, Any] | None:
 
 
 def settings_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two experiment mappings (``ros`` and the run lengths
-    ignored)."""
-    if prefix in RUN_LENGTHS:
+    """Dotted keys whose values differ between two experiment mappings (the robots and the run lengths
+    ignored; a key set on one side only differs, except those)."""
+    if prefix in RUN_LENGTHS or prefix in RESUMABLE_FREELY:
         return []
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
-            if not prefix and key in RESUMABLE_FREELY:
-                continue
             name = f"{prefix}.{key}" if prefix else str(key)
-            out += settings_diff(old.get(key), new.get(key), name) if key in old and key in new else [name]
+            if key in old and key in new:
+                out += settings_diff(old[key], new[key], name)
+            elif name not in RUN_LENGTHS and name not in RESUMABLE_FREELY:
+                out.append(name)
         return out
     return [] if old == new else [prefix or "(top)"]
 

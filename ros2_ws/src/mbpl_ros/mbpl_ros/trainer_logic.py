@@ -28,6 +28,7 @@ and LQR services are idempotent per (condition, iteration), so repeating them af
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -175,17 +176,27 @@ class ControllerUpdate:
     reference_fallback: bool = False
 
 
-OnResult = Callable[[int, "TrialResult | None"], None]
+class NotRun:
+    """The answer to a trial of a batch that no robot was left to run (it never ran: ask again, same
+    attempt)."""
+
+    def __repr__(self) -> str:
+        return "NOT_RUN"
+
+
+NOT_RUN = NotRun()
+OnResult = Callable[[int, Any], None]
 
 
 def run_trials(transport: Any, requests: Sequence[TrialRequest], on_result: OnResult | None = None,
-               ) -> list[TrialResult | None]:
+               ) -> list[Any]:
     """Every request through ``transport.run_trials`` where it has one, else one after the other; the
-    result of request j at j, and ``on_result(j, result)`` as each one is final (one call at a time)."""
+    result of request j at j (a TrialResult, None for no sample, :data:`NOT_RUN`), and
+    ``on_result(j, result)`` as each one is final (one call at a time)."""
     batch = getattr(transport, "run_trials", None)
     if batch is not None:
         return list(batch(requests, on_result))
-    out: list[TrialResult | None] = []
+    out: list[Any] = []
     for j, request in enumerate(requests):
         out.append(transport.run_trial(request))
         if on_result is not None:
@@ -427,10 +438,13 @@ class TrainerLoop:
         try:
             self._run_all(missing, request, keep,
                           lambda key: f"iteration {i}, condition {key[0]}, sample {key[1]}")
-        finally:
-            trials_done = time.perf_counter()
-            writer.close()
-            clock.seconds["recording_background"] += writer.busy_s
+        except BaseException:
+            with contextlib.suppress(Exception):  # what was queued is written; the first error stands
+                writer.close()
+            raise
+        trials_done = time.perf_counter()
+        writer.close()
+        clock.seconds["recording_background"] += writer.busy_s
         clock.seconds["sampling"] += trials_done - start
         for m in range(M):
             self.store.close_batch(i, m, n)
@@ -446,14 +460,19 @@ class TrainerLoop:
         while todo:
             requests = [request(key, attempts[key]) for key in todo]
 
-            def on_result(j: int, result: TrialResult | None, todo: list[Any] = todo) -> None:
-                if result is not None and not result.meta.aborted:
+            def on_result(j: int, result: Any, todo: list[Any] = todo) -> None:
+                if isinstance(result, TrialResult) and not result.meta.aborted:
                     keep(todo[j], result)
 
             results = run_trials(self.transport, requests, on_result)
             failed = []
             for key, req, result in zip(todo, requests, results, strict=True):
-                if result is not None and not result.meta.aborted:
+                if isinstance(result, TrialResult) and not result.meta.aborted:
+                    continue
+                if result is NOT_RUN:  # no robot was left for it: it never ran, same attempt again
+                    self.log(f"trial {req.trial_id} ({what(key)}) not run: no robot was free for it; "
+                             "asking again")
+                    failed.append(key)
                     continue
                 reason = "no sample" if result is None else f"aborted: {result.meta.abort_reason}"
                 self.log(f"trial {req.trial_id} ({what(key)}) {reason}; re-running")

@@ -20,11 +20,11 @@ Several robots (parameter ``robots``: namespaces): each has its own ``<ns>/mbpl/
 ``<ns>/mbpl/samples``; :meth:`GraphTransport.run_trials` hands a batch of independent trials to the robots
 (a thread per robot takes the next trial it may run: ``robot_conditions`` pins conditions to robots), so
 they sample in parallel. A robot whose sampler is gone (its service absent or silent for ``requery_after``
-s when asked or re-asked) or that does not deliver a trial within ``trial_timeout`` (or aborts it) takes
-no more trials of the batch,
-and its trial is queued again for another robot (same request, so the same sample in lockstep; counted in
-``requeued`` and logged); a late sample of it from the first robot is taken only if it comes first, and
-only one is ever returned. With one robot (no namespace) the names are the relative ones above.
+s when asked or re-asked) or that does not deliver a trial within ``trial_timeout`` takes no more trials
+of the batch, and its trial is queued again for another robot (same request, so the same sample in
+lockstep; counted in ``requeued`` and logged); a late sample of it from the first robot is taken if it
+comes first and is not aborted, and only one is ever returned. An aborted sample is the trial's answer
+(the loop runs the next attempt). With one robot (no namespace) the names are the relative ones above.
 
 Every request and publication carries the run's ``run_token``; controllers on ``mbpl/controllers``
 with another token are ignored. Every subscription callback is total (a bad message is logged, never
@@ -53,7 +53,7 @@ from mbpl_core.policy import PolicyParams
 from mbpl_ros import conversions
 from mbpl_ros.node_params import TrainerNodeParams
 from mbpl_ros.pets_trainer import ModelFit
-from mbpl_ros.trainer_logic import ControllerUpdate, StepFailedError, TrialRequest, TrialResult
+from mbpl_ros.trainer_logic import NOT_RUN, ControllerUpdate, StepFailedError, TrialRequest, TrialResult
 
 POLICY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -86,29 +86,47 @@ def _robot_name(namespace: str, name: str) -> str:
 
 
 class _RobotPool:
-    """One batch of trials over several robots: a thread per robot takes the next trial it may run."""
+    """One batch of trials over several robots: a thread per robot takes the next trial it may run.
+
+    A trial that comes back without a sample (the robot's sampler gone, silent or late) is queued again,
+    unchanged, for another robot, and that robot takes no more trials of the batch. An aborted sample is
+    the trial's answer (in lockstep the same request aborts the same way on any robot; the loop runs a
+    next attempt). A trial no robot is left for is answered :data:`NOT_RUN` (the loop asks again at the
+    same attempt: it never ran).
+    """
 
     def __init__(self, transport: GraphTransport, requests: Sequence[TrialRequest],
-                 on_result: Callable[[int, TrialResult | None], None] | None) -> None:
+                 on_result: Callable[[int, Any], None] | None) -> None:
         self.transport, self.requests, self.on_result = transport, list(requests), on_result
         self.pending = list(range(len(self.requests)))
-        self.results: list[TrialResult | None] = [None] * len(self.requests)
+        self.results: list[Any] = [NOT_RUN] * len(self.requests)
         self.failed_on: dict[int, set[int]] = {j: set() for j in self.pending}
-        self.out_of_batch: set[int] = set()  # robots that failed a trial of this batch
+        self.out_of_batch: set[int] = set()  # robots that lost a trial of this batch
         self.in_flight = 0
         self.cv = threading.Condition()
         self.error: BaseException | None = None
 
-    def run(self) -> list[TrialResult | None]:
+    def run(self) -> list[Any]:
         threads = [threading.Thread(target=self._worker, args=(k,), name=f"robot-{ns}", daemon=True)
                    for k, ns in enumerate(self.transport.robots)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException as err:  # SIGINT in the joining thread: stop the workers before leaving
+            self._fail(err)
+            for t in threads:
+                t.join(timeout=15.0)
+            raise
         if self.error is not None:
             raise self.error
         return self.results
+
+    def _fail(self, err: BaseException) -> None:
+        with self.cv:
+            self.error = self.error or err  # the first error is the cause
+            self.cv.notify_all()
 
     def _eligible(self, robot: int, j: int) -> bool:
         return (robot not in self.failed_on[j] and robot not in self.out_of_batch
@@ -133,43 +151,45 @@ class _RobotPool:
                 self.cv.wait(0.5)  # a trial in flight elsewhere may come back to the queue
 
     def _worker(self, robot: int) -> None:
-        ns = self.transport.robots[robot]
         while True:
             j = self._take(robot)
             if j is None:
                 return
             try:
                 result = self.transport._run_on(robot, self.requests[j], give_up_if_absent=True)
-            except BaseException as err:  # noqa: BLE001 - shutdown or a bug: end the batch with it
                 with self.cv:
-                    self.error, self.in_flight = err, self.in_flight - 1
+                    self.in_flight -= 1
+                    self._settle(robot, j, result)
                     self.cv.notify_all()
+            except BaseException as err:  # noqa: BLE001 - shutdown or a bug: end the batch with it
+                self._fail(err)
                 return
-            with self.cv:
-                self.in_flight -= 1
-                trial = self.requests[j].trial_id
-                if result is None or result.meta.aborted:
-                    self.failed_on[j].add(robot)
-                    self.out_of_batch.add(robot)
-                    if self._someone_can(j):
-                        self.pending.insert(0, j)
-                        self.transport.requeued += 1
-                        why = "no sample" if result is None else f"aborted: {result.meta.abort_reason}"
-                        self.transport.get_logger().warning(
-                            f"trial {trial} lost on robot {ns} ({why}): queued again for another robot; {ns} "
-                            "takes no more trials of this batch")
-                        self.cv.notify_all()
-                        continue
-                self.results[j] = result
-                if self.on_result is not None:
-                    self.on_result(j, result)
-                # a trial that no robot is left for stays None: the loop re-runs it
-                for k in list(self.pending):
-                    if not self._someone_can(k):
-                        self.pending.remove(k)
-                        if self.on_result is not None:
-                            self.on_result(k, None)
-                self.cv.notify_all()
+
+    def _settle(self, robot: int, j: int, result: TrialResult | None) -> None:
+        """(under the lock) Keep trial j's answer, or queue it again for another robot."""
+        ns = self.transport.robots[robot]
+        if result is None:
+            self.failed_on[j].add(robot)
+            self.out_of_batch.add(robot)
+            if self._someone_can(j):
+                self.pending.insert(0, j)
+                self.transport.requeued += 1
+                self.transport.get_logger().warning(
+                    f"trial {self.requests[j].trial_id} lost on robot {ns} (no sample): queued again for "
+                    f"another robot; {ns} takes no more trials of this batch")
+            else:
+                self._answer(j, None)  # lost on every robot that may run it: a failed attempt
+        else:
+            self._answer(j, result)
+        for k in list(self.pending):  # trials no robot is left for: lost (tried) or never run
+            if not self._someone_can(k):
+                self.pending.remove(k)
+                self._answer(k, None if self.failed_on[k] else NOT_RUN)
+
+    def _answer(self, j: int, result: Any) -> None:
+        self.results[j] = result
+        if self.on_result is not None:
+            self.on_result(j, result)
 
 
 class GraphTransport:
@@ -195,8 +215,10 @@ class GraphTransport:
         self._stopping = False
         self.context.on_shutdown(self._wake)
         qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        for ns in self.robots:
-            node.create_subscription(TrajectorySample, _robot_name(ns, "mbpl/samples"), self._on_sample, qos,
+        self._awaited_on: dict[int, int] = {}  # trial id → the robot running it now
+        for k, ns in enumerate(self.robots):
+            node.create_subscription(TrajectorySample, _robot_name(ns, "mbpl/samples"),
+                                     lambda raw, robot=k: self._on_sample(raw, robot), qos,
                                      callback_group=group, raw=True)
         self.requeued = 0  # trials handed to another robot after theirs failed (diagnostics, tests)
         self._robots_checked = len(self.robots) == 1
@@ -220,14 +242,17 @@ class GraphTransport:
         if self._stopping or not self.context.ok():
             raise ExternalShutdownException()
 
-    def _on_sample(self, raw: bytes) -> None:
+    def _on_sample(self, raw: bytes, robot: int = 0) -> None:
+        """A sample from robot ``robot``: kept for the trial awaiting it; from another robot than the one
+        running the trial now (a late one of a trial queued again) only if it is not aborted."""
         try:
-            trial = int(deserialize_message(raw, TrajectorySample).trial_id)
+            msg = deserialize_message(raw, TrajectorySample)
+            trial, aborted = int(msg.trial_id), bool(msg.aborted)
         except Exception as err:  # noqa: BLE001 - a callback must never raise
             self.get_logger().warning(f"undecodable message on mbpl/samples ignored: {err!r}")
             return
         with self._cv:
-            if trial in self._samples:
+            if trial in self._samples and (self._awaited_on.get(trial, robot) == robot or not aborted):
                 self._samples[trial] = bytes(raw)
                 self._cv.notify_all()
 
@@ -267,11 +292,10 @@ class GraphTransport:
         return self.run_trials([request])[0]
 
     def run_trials(self, requests: Sequence[TrialRequest],
-                   on_result: Callable[[int, TrialResult | None], None] | None = None,
-                   ) -> list[TrialResult | None]:
+                   on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
         """Every request run on some robot, in parallel over the robots (module docstring); the result of
-        request j (None: aborted nowhere, missing everywhere) at j. ``on_result(j, result)`` is called as
-        each one is final, from the robot's thread (one call at a time)."""
+        request j at j: its sample (maybe aborted), None (no sample) or NOT_RUN (no robot was left for it).
+        ``on_result(j, result)`` is called as each one is final, from the robot's thread (one at a time)."""
         if len(self.robots) == 1:
             out = []
             for j, request in enumerate(requests):
@@ -310,6 +334,7 @@ class GraphTransport:
                                controller_id=request.controller_id, run_token=self.params.run_token)
         with self._cv:
             self._samples[request.trial_id] = None
+            self._awaited_on[request.trial_id] = robot
         try:
             if not self._until_accepted(client, msg, give_up_if_absent):
                 return None
@@ -325,6 +350,7 @@ class GraphTransport:
         finally:
             with self._cv:
                 self._samples.pop(request.trial_id, None)
+                self._awaited_on.pop(request.trial_id, None)
 
     def _await_sample(self, client: Any, msg: RunTrial.Request, give_up_if_absent: bool) -> bytes | None:
         """The sample of an accepted trial, or None after trial_timeout s.
