@@ -136,14 +136,20 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table: one line per (task, method), figures over seeds (median, and every seed's steps)."""
+    """Markdown table: a line per (task, method, budget), figures over seeds (median, each seed's steps)."""
     lines = ["| task | method | seeds | env steps to success (per seed) | budget (env steps) | "
              "worst final distance (cm) | held-out policy | held-out MPC | planning ms p50/p99 (period) | "
              "wall ms / env step |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (list(TASKS).index(k[0]), k[1]))
-    for task, method in keys:
-        group = [r for r in rows if r["task"] == task and r["method"] == method]
+    def budget_of(r: dict[str, Any]) -> int:
+        return int(r["curve"][-1][0])
+
+    # one line per task, method and budget (a run with a longer budget, e.g. --set sac.iterations=60, is
+    # its own line)
+    keys = sorted({(r["task"], r["method"], budget_of(r)) for r in rows},
+                  key=lambda k: (list(TASKS).index(k[0]), k[1], k[2]))
+    for task, method, budget in keys:
+        group = [r for r in rows if r["task"] == task and r["method"] == method and budget_of(r) == budget]
         steps = " / ".join(_fmt(r["steps_to_success"]) for r in group)
         worst = np.median([r["final_distance_max_m"] for r in group]) * 100
         pol = [r["held_out_policy"] for r in group if r["held_out_policy"] is not None]
@@ -155,7 +161,6 @@ def table(rows: list[dict[str, Any]]) -> str:
                     f"({group[0]['control_period_ms']:.0f})")
         pol_s = _fmt(np.mean(pol) if pol else None, ".2f")
         mpc_s = _fmt(np.mean(mpc) if mpc else None, ".2f")
-        budget = max(r["curve"][-1][0] for r in group)
         wall = np.median([r["wall_ms_per_env_step"] for r in group])
         lines.append(f"| {task} | {method} | {len(group)} | {steps} | {budget} | {worst:.2f} | {pol_s} | "
                      f"{mpc_s} | {plan} | {wall:.2f} |")
