@@ -222,6 +222,7 @@ class GraphTransport:
                                      callback_group=group, raw=True)
         self.requeued = 0  # trials handed to another robot after theirs failed (diagnostics, tests)
         self._robots_checked = len(self.robots) == 1
+        self._down: set[int] = set()  # robots left out of batches while their sampler is not up
         self._policy_pub = node.create_publisher(PolicyParameters, "mbpl/policy", POLICY_QOS)
         self._controllers: OrderedDict[int, Any] = OrderedDict()  # controller id → message
         node.create_subscription(ControllerMsg, "mbpl/controllers", self._on_controller, CONTROLLERS_QOS,
@@ -304,7 +305,23 @@ class GraphTransport:
                     on_result(j, out[-1])
             return out
         self._await_robots()
-        return _RobotPool(self, requests, on_result).run()
+        pool = _RobotPool(self, requests, on_result)
+        pool.out_of_batch |= self._robots_down()
+        return pool.run()
+
+    def _robots_down(self) -> set[int]:
+        """Robots whose sampler's service is not up now (discovery dropped it: a sampler that died in an
+        earlier batch), left out of the batch instead of costing it a wait each time; none left out when
+        no robot is up (then each is asked and waited for as usual). Changes are logged once."""
+        down = {k for k, client in enumerate(self._trial_clients) if not client.service_is_ready()}
+        if len(down) == len(self.robots):
+            down = set()
+        for k, ns in enumerate(self.robots):
+            if (k in down) != (k in self._down):
+                change = "gone: its trials go to the others" if k in down else "back: it takes trials again"
+                self.get_logger().warning(f"robot {ns}: sampler {change}")
+        self._down = down
+        return down
 
     def _await_robots(self, timeout: float = 30.0) -> None:
         """Before the first batch: wait up to ``timeout`` s for every robot's sampler (they start together
