@@ -178,11 +178,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
     colours: dict[str, Any] = {}
     for ax, task in zip(axes[0], tasks, strict=True):
+        labelled: set[str] = set()
         for r in (r for r in rows if r["task"] == task):
             colour = colours.setdefault(r["method"], f"C{len(colours)}")
             steps, dist = np.asarray(r["curve"]).T
             ax.plot(steps, 100 * dist, color=colour, alpha=0.8,
-                    label=r["method"] if r["seed"] == min(x["seed"] for x in rows) else None)
+                    label=None if r["method"] in labelled else r["method"])
+            labelled.add(r["method"])
         ax.axhline(100 * rows[0]["success_threshold_m"] if task != "arm7_peg" else 1.0, color="k", ls=":",
                    lw=0.8)
         ax.set(xscale="log", yscale="log", xlabel="environment steps", ylabel="worst training distance (cm)",
@@ -212,8 +214,12 @@ def merge(paths: list[Path], out: Path) -> int:
     text = table(rows)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
-    merged = {"machine": results[0]["machine"], "quick": any(r["quick"] for r in results),
-              "command": "; ".join(r["command"] for r in results), "rows": rows, "table": text}
+    # methods_partial.json (a run cut short) holds its rows only
+    merged = {"machine": next((r["machine"] for r in results if "machine" in r), {}),
+              "quick": any(r.get("quick", False) for r in results),
+              "command": "; ".join(r.get("command", f"(partial: {path})")
+                                   for r, path in zip(results, paths, strict=True)),
+              "rows": rows, "table": text}
     (out / "methods.json").write_text(json.dumps(merged, indent=1))
     plot(rows, out / "methods.png")
     if not merged["quick"] and out.resolve() == RESULTS.resolve():
