@@ -8,6 +8,7 @@ bound min(effort_limits, own), with a ConfigError naming the setting for anythin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,3 +35,11 @@ def bounded_limits(own: Sequence[float] | None, effort_limits: np.ndarray, name:
     if values.size not in (1, limits.size):
         raise ConfigError(f"{name}: {values.size} values for {limits.size} joints")
     return np.minimum(limits, np.broadcast_to(values, limits.shape))
+
+
+def check_action_limits(section: str, config: Any) -> None:
+    """ConfigError unless ``<section>.action_limits`` of a frozen config is None or positive finite values;
+    stored as a tuple of floats."""
+    if config.action_limits is not None:
+        values = check_limits(config.action_limits, f"{section}.action_limits")
+        object.__setattr__(config, "action_limits", tuple(float(v) for v in values))

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import SampleBatch
 from mbpl_core.costs import Cost
-from mbpl_core.limits import bounded_limits, check_limits
+from mbpl_core.limits import bounded_limits, check_action_limits
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
 from mbpl_core.planning.pets import PlanningEnvironment, UniformRandomPolicy, final_tip_distance, refit_inputs
 from mbpl_core.policy import GPSConfig, PolicyParams, save_numpy_policy
@@ -126,9 +126,7 @@ class BPTTConfig:
     action_limits: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.action_limits is not None:
-            values = check_limits(self.action_limits, "bptt.action_limits")
-            object.__setattr__(self, "action_limits", tuple(float(v) for v in values))
+        check_action_limits("bptt", self)
         _require(self.iterations >= 0, "iterations", self.iterations, ">= 0")
         _require(self.trials_per_condition >= 1, "trials_per_condition", self.trials_per_condition, ">= 1")
         _require(self.random_trials >= 1 or self.iterations == 0, "random_trials", self.random_trials,

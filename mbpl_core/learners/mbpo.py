@@ -36,7 +36,8 @@ import torch
 
 from mbpl_core.config import ConfigError
 from mbpl_core.costs import Cost
-from mbpl_core.learners.sac import SACAgentConfig, build_sac, check_action_limits, check_exploration_std
+from mbpl_core.learners.sac import SACAgentConfig, build_sac, check_exploration_std
+from mbpl_core.limits import check_action_limits
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import ShapeError
-from mbpl_core.limits import check_limits
+from mbpl_core.limits import check_action_limits
 from mbpl_core.policy import GPSConfig, PolicyParams
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -117,13 +117,6 @@ class SACConfig:
             raise ConfigError(f"sac.learning_starts must be >= 0 and sac.gradient_steps >= 1, got "
                               f"{self.learning_starts}, {self.gradient_steps}")
         check_exploration_std("sac", self.graph_exploration_std)
-
-
-def check_action_limits(section: str, config: Any) -> None:
-    """ConfigError unless ``<section>.action_limits`` is None or positive finite values; stored as a tuple."""
-    if config.action_limits is not None:
-        values = check_limits(config.action_limits, f"{section}.action_limits")
-        object.__setattr__(config, "action_limits", tuple(float(v) for v in values))
 
 
 def check_exploration_std(section: str, value: float) -> None:

@@ -196,9 +196,15 @@ def run_trials(transport: Any, requests: Sequence[TrialRequest], on_result: OnRe
     batch = getattr(transport, "run_trials", None)
     if batch is not None:
         return list(batch(requests, on_result))
+    return run_one_by_one(transport.run_trial, requests, on_result)
+
+
+def run_one_by_one(run: Callable[[TrialRequest], Any], requests: Sequence[TrialRequest],
+                   on_result: OnResult | None = None) -> list[Any]:
+    """``run(request)`` for each request in turn; ``on_result(j, result)`` after each."""
     out: list[Any] = []
     for j, request in enumerate(requests):
-        out.append(transport.run_trial(request))
+        out.append(run(request))
         if on_result is not None:
             on_result(j, out[-1])
     return out

@@ -53,7 +53,14 @@ from mbpl_core.policy import PolicyParams
 from mbpl_ros import conversions
 from mbpl_ros.node_params import TrainerNodeParams
 from mbpl_ros.pets_trainer import ModelFit
-from mbpl_ros.trainer_logic import NOT_RUN, ControllerUpdate, StepFailedError, TrialRequest, TrialResult
+from mbpl_ros.trainer_logic import (
+    NOT_RUN,
+    ControllerUpdate,
+    StepFailedError,
+    TrialRequest,
+    TrialResult,
+    run_one_by_one,
+)
 
 POLICY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -298,12 +305,7 @@ class GraphTransport:
         request j at j: its sample (maybe aborted), None (no sample) or NOT_RUN (no robot was left for it).
         ``on_result(j, result)`` is called as each one is final, from the robot's thread (one at a time)."""
         if len(self.robots) == 1:
-            out = []
-            for j, request in enumerate(requests):
-                out.append(self._run_on(0, request, give_up_if_absent=False))
-                if on_result is not None:
-                    on_result(j, out[-1])
-            return out
+            return run_one_by_one(lambda r: self._run_on(0, r, give_up_if_absent=False), requests, on_result)
         self._await_robots()
         pool = _RobotPool(self, requests, on_result)
         pool.out_of_batch |= self._robots_down()
