@@ -49,18 +49,26 @@ def experiment(experiment_file: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _call(node: object, wait_for: object, client: object, request: object, retry: bool = False) -> object:
-    """The service's answer. retry: re-send every 3 s, as the trainer does — right after a server
-    restart the client may still see the dead server's endpoint and its request is lost."""
+    """The service's first answer within TIMEOUT. The request is sent again every 3 s while none came
+    (as the trainer does), the earlier ones left pending: a request sent right after discovery (the
+    server's answer route may not be matched yet) or right after a server restart (the client may still
+    see the dead server's endpoint) can be lost, and a slow answer is still taken. Every request these
+    tests send can be answered twice without harm. ``retry`` is kept for the callers that say so."""
+    del retry
     wait_for(node, lambda: client.service_is_ready(), TIMEOUT, f"service {client.srv_name}")
-    for _ in range(int(TIMEOUT / 3) if retry else 1):
-        future = client.call_async(request)
+    futures = []
+    for _ in range(int(TIMEOUT / 3)):
+        futures.append(client.call_async(request))
         try:
-            wait_for(node, future.done, 3.0 if retry else TIMEOUT, f"the answer of {client.srv_name}")
+            wait_for(node, lambda: any(f.done() for f in futures), 3.0, f"the answer of {client.srv_name}")
         except pytest.fail.Exception:
-            client.remove_pending_request(future)
             continue
-        return future.result()
-    pytest.fail(f"no answer from {client.srv_name} after a restart")
+        answer = next(f for f in futures if f.done()).result()
+        for f in futures:
+            if not f.done():
+                client.remove_pending_request(f)
+        return answer
+    pytest.fail(f"no answer from {client.srv_name} in {TIMEOUT:g} s")
 
 
 def _samples(env: MujocoEnv, ctrl: LinearGaussianController, m: int,
