@@ -31,7 +31,7 @@ from torch.nn.functional import elu, relu, silu, softplus
 
 from mbpl_core.config import ConfigError, from_dict, to_dict
 from mbpl_core.containers import ShapeError
-from mbpl_core.models.normalisation import Normaliser
+from mbpl_core.models.normalisation import STD_FLOOR, Normaliser
 
 DTYPE = torch.float32
 CHECKPOINT_FORMAT = "mbpl.probabilistic_ensemble.v1"
@@ -175,7 +175,7 @@ class ProbabilisticEnsemble(nn.Module):
         self.max_logvar = nn.Parameter(torch.full(shape, self.config.init_max_logvar, dtype=DTYPE))
         self.min_logvar = nn.Parameter(torch.full(shape, self.config.init_min_logvar, dtype=DTYPE))
         self.input_normaliser = Normaliser(dX + dU, DTYPE)
-        self.target_normaliser = Normaliser(dX, DTYPE)
+        self.target_normaliser = Normaliser(dX, DTYPE, constant_std=STD_FLOOR)  # constant Δ stays put
         self.register_buffer("elites", torch.arange(self.config.elites, dtype=torch.int64))
         self.to(resolve_device(self.config.device))
 

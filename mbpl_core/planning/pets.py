@@ -30,7 +30,7 @@ import torch
 from mbpl_core.config import ConfigError
 from mbpl_core.containers import SampleBatch, StateLayout
 from mbpl_core.costs import Cost
-from mbpl_core.limits import bounded_limits, check_limits
+from mbpl_core.limits import bounded_limits, check_action_limits
 from mbpl_core.local.lqr_flm import Policy
 from mbpl_core.models import EnsembleConfig, ProbabilisticEnsemble, TrainReport, torch_threads, train_ensemble
 from mbpl_core.models.ensemble import transitions_from_trajectories
@@ -80,8 +80,7 @@ class PETSConfig:
     evaluate_held_out: bool = True
 
     def __post_init__(self) -> None:
-        if self.action_limits is not None:
-            check_limits(self.action_limits, "pets.action_limits")
+        check_action_limits("pets", self)
         for name in ("iterations", "random_trials"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"pets.{name} must be >= 0, got {getattr(self, name)}")

@@ -144,6 +144,37 @@ def test_normaliser_fits_mean_and_std_and_leaves_constant_columns_unscaled() -> 
     z = norm.normalise(torch.as_tensor(data))
     np.testing.assert_allclose(z[:, 1].numpy(), 0.0)
     np.testing.assert_allclose(norm.denormalise(z).numpy(), data)
+    targets = Normaliser(3, torch.float64, constant_std=1e-6)  # the model's Δx normaliser
+    targets.fit(data)
+    np.testing.assert_allclose(targets.std.numpy(), [data[:, 0].std(), 1e-6, data[:, 2].std()])
+    with pytest.raises(ValueError):
+        Normaliser(3, constant_std=0.0)
+
+
+def test_a_state_column_constant_in_the_data_stays_put_in_sampled_predictions() -> None:
+    """A planar arm's ee z never changes: its Δ is constant (0) in every transition. A model that put the
+    untrained or partly trained noise of that column back at raw scale (std 1 for a constant column) moved
+    z by metres in sampled predictions; the target normaliser keeps it at STD_FLOOR scale."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(0.0, 1.0, size=(400, 3))
+    X[:, 2] = 0.1  # constant column, Δ = 0 in every transition
+    U = rng.normal(0.0, 1.0, size=(400, 1))
+    X_next = X.copy()
+    X_next[:, :2] += 0.1 * (X[:, :2] + U)
+    config = dataclasses.replace(TINY_CONFIG, max_epochs=2, holdout_ratio=0.0)
+    for epochs in (0, 2):  # untrained (normalisers fitted only), then barely trained
+        model = ProbabilisticEnsemble(3, 1, config, rng)
+        if epochs:
+            train_ensemble(model, X, U, X_next, config, rng)
+        else:
+            model.input_normaliser.fit(np.hstack([X, U]))
+            model.target_normaliser.fit(X_next - X)
+        x = torch.as_tensor(X[None], dtype=torch.float32).expand(model.num_members, -1, -1)
+        u = torch.as_tensor(U[None], dtype=torch.float32).expand(model.num_members, -1, -1)
+        with torch.no_grad():
+            draws = model.step(x, u, torch.Generator().manual_seed(0))
+        assert float((draws[..., 2] - 0.1).abs().max()) < 1e-4, epochs
+        assert float((draws[..., :2] - x[..., :2]).abs().max()) > 1e-3  # the other columns do move
 
 
 def per_member_forward(model: ProbabilisticEnsemble, xu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
