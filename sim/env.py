@@ -92,6 +92,15 @@ class MujocoEnv:
         mujoco.mj_forward(self.model, self.data)
         return self.state()
 
+    def place(self, condition: int, q: np.ndarray, qd: np.ndarray) -> np.ndarray:
+        """Start from a given joint state: the condition's scene (as :meth:`reset`) with q (dQ,), qd (dQ,);
+        returns x (dX,). What a perfect model needs to step from any state of a trajectory."""
+        self.reset(condition)
+        self.data.qpos[self._qpos_adr] = np.asarray(q, dtype=np.float64)
+        self.data.qvel[self._dof_adr] = np.asarray(qd, dtype=np.float64)
+        mujoco.mj_forward(self.model, self.data)
+        return self.state()
+
     def x0(self, condition: int) -> np.ndarray:
         """Initial state of a condition (dX,), without touching the running simulation."""
         condition = self._check_condition(condition)
