@@ -40,7 +40,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-TASKS = {"reacher2": REPO / "configs" / "reacher2_sim.yaml", "arm7_reach": REPO / "configs" / "arm7_reach.yaml"}
+TASKS = {"reacher2": REPO / "configs" / "reacher2_sim.yaml",
+         "arm7_reach": REPO / "configs" / "arm7_reach.yaml"}
 RUNS = ("mbpo", "mbpo_true_model", "sac_same_updates")
 
 
@@ -51,7 +52,8 @@ class SimulatorModel:
 
     def __init__(self, env: Any, like: Any) -> None:
         self.env = env
-        self.elite_indices, self.dU, self.dtype, self.device = like.elite_indices, like.dU, like.dtype, like.device
+        self.elite_indices, self.dU = like.elite_indices, like.dU
+        self.dtype, self.device = like.dtype, like.device
         self.targets = np.stack([env.target_points(c).ravel() for c in range(env.num_conditions)])
 
     def condition_of(self, x: np.ndarray) -> int:
@@ -70,18 +72,21 @@ class SimulatorModel:
     def step(self, x: torch.Tensor, u: torch.Tensor, generator: Any = None, sample: bool = True,
              members: Any = None) -> torch.Tensor:
         X, U = x[0].double().cpu().numpy(), u[0].double().cpu().numpy()
-        out = torch.as_tensor(np.stack([self.next_state(X[i], U[i]) for i in range(X.shape[0])]), dtype=x.dtype)
+        rows = [self.next_state(X[i], U[i]) for i in range(X.shape[0])]
+        out = torch.as_tensor(np.stack(rows), dtype=x.dtype)
         return out.expand(x.shape[0], *out.shape)
 
 
-def rollout_errors(algo: Any, truth: SimulatorModel, cost: Any, T: int, k: int = 5, n: int = 200) -> list[dict]:
+def rollout_errors(algo: Any, truth: SimulatorModel, cost: Any, T: int, k: int = 5,
+                   n: int = 200) -> list[dict]:
     """k-step error of the ensemble's branched rollouts against the simulator driven by the same actions."""
     from mbpl_core.learners.mbpo import branched_rollouts
 
     X, _, _, steps = algo.real_transitions()
     rng = np.random.default_rng(1)
     rows = rng.integers(0, X.shape[0], size=n)
-    r = branched_rollouts(algo.model, algo.policy_actions, algo.unscale, cost, X[rows], steps[rows], k, T, rng)
+    r = branched_rollouts(algo.model, algo.policy_actions, algo.unscale, cost, X[rows], steps[rows], k, T,
+                          rng)
     lay, x, out = truth.env.layout, r.X[:, 0], []
     for h in range(k):
         x = np.stack([truth.next_state(x[i], r.U[i, h]) for i in range(n)])
@@ -102,7 +107,8 @@ def run(task: str, name: str, iterations: int, updates: int, seed: int) -> dict[
     with tempfile.TemporaryDirectory(prefix="mbpl-oracle-") as folder:
         mbpo = [f"mbpo.iterations={iterations}", f"mbpo.updates_per_step={updates}", f"mbpo.seed={seed}"]
         if name == "sac_same_updates":  # MBPO's real-step budget and random start, SAC's learner alone
-            probe = load_experiment(effective_config(TASKS[task], ["method=mbpo", *mbpo], Path(folder) / "p")[0])
+            probe_path = effective_config(TASKS[task], ["method=mbpo", *mbpo], Path(folder) / "p")[0]
+            probe = load_experiment(probe_path)
             m = probe.section("mbpo")
             sets = ["method=sac", f"sac.iterations={iterations}", f"sac.gradient_steps={updates}",
                     f"sac.steps_per_iteration={m.get('steps_per_iteration', 250)}",
@@ -133,7 +139,8 @@ def run(task: str, name: str, iterations: int, updates: int, seed: int) -> dict[
     for i in range(iterations):
         record = runner.iteration()
         tips = record["eval_final_distance"]
-        row = {"iteration": i, "env_steps": record["env_steps"], "worst_m": max(tips), "mean_m": float(np.mean(tips)),
+        row = {"iteration": i, "env_steps": record["env_steps"], "worst_m": max(tips),
+               "mean_m": float(np.mean(tips)),
                "eval_cost": float(np.mean(record["eval_cost"])), "wall_s": time.perf_counter() - start}
         if name == "mbpo":
             row["rollout_errors"] = rollout_errors(runner.algorithm, truth, cost, env.T)
