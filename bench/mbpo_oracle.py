@@ -99,6 +99,7 @@ def rollout_errors(algo: Any, truth: SimulatorModel, cost: Any, T: int, k: int =
 def run(task: str, name: str, iterations: int, updates: int, seed: int) -> dict[str, Any]:
     from mbpl_core.config import from_dict
     from mbpl_core.costs import CostConfig, build_cost
+    from mbpl_core.learners.mbpo import MBPOConfig
     from mbpl_ros.cli import effective_config
     from mbpl_sim.env import MujocoEnv
     from mbpl_sim.experiment import load_experiment
@@ -108,11 +109,10 @@ def run(task: str, name: str, iterations: int, updates: int, seed: int) -> dict[
         mbpo = [f"mbpo.iterations={iterations}", f"mbpo.updates_per_step={updates}", f"mbpo.seed={seed}"]
         if name == "sac_same_updates":  # MBPO's real-step budget and random start, SAC's learner alone
             probe_path = effective_config(TASKS[task], ["method=mbpo", *mbpo], Path(folder) / "p")[0]
-            probe = load_experiment(probe_path)
-            m = probe.section("mbpo")
+            m = from_dict(MBPOConfig, load_experiment(probe_path).section("mbpo"), "mbpo")
             sets = ["method=sac", f"sac.iterations={iterations}", f"sac.gradient_steps={updates}",
-                    f"sac.steps_per_iteration={m.get('steps_per_iteration', 250)}",
-                    f"sac.learning_starts={m.get('initial_random_steps', 250)}", f"sac.seed={seed}"]
+                    f"sac.steps_per_iteration={m.steps_per_iteration}",
+                    f"sac.learning_starts={m.initial_random_steps}", f"sac.seed={seed}"]
         else:
             sets = ["method=mbpo", *mbpo]
         experiment = load_experiment(effective_config(TASKS[task], sets, Path(folder) / "run")[0])

@@ -84,20 +84,17 @@ class MujocoEnv:
 
     def reset(self, condition: int) -> np.ndarray:
         """Start a trial: q = initial_q, qd = 0, task objects placed; returns x (dX,)."""
-        self._condition = self._check_condition(condition)
-        cond = self.conditions[self._condition]
-        mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[self._qpos_adr] = cond.initial_q
-        self.data.mocap_pos[self._mocap] = cond.position
-        mujoco.mj_forward(self.model, self.data)
-        return self.state()
+        cond = self.conditions[self._check_condition(condition)]
+        return self.place(condition, cond.initial_q, np.zeros(self.dU))
 
     def place(self, condition: int, q: np.ndarray, qd: np.ndarray) -> np.ndarray:
-        """Start from a given joint state: the condition's scene (as :meth:`reset`) with q (dQ,), qd (dQ,);
-        returns x (dX,). What a perfect model needs to step from any state of a trajectory."""
-        self.reset(condition)
+        """Start from a given joint state: the condition's scene with q (dQ,), qd (dQ,); returns x (dX,).
+        :meth:`reset` places the initial state; a perfect model places any state of a trajectory."""
+        self._condition = self._check_condition(condition)
+        mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[self._qpos_adr] = np.asarray(q, dtype=np.float64)
         self.data.qvel[self._dof_adr] = np.asarray(qd, dtype=np.float64)
+        self.data.mocap_pos[self._mocap] = self.conditions[self._condition].position
         mujoco.mj_forward(self.model, self.data)
         return self.state()
 

@@ -98,7 +98,8 @@ def test_pets_graph_reaches_every_target_and_deploys_a_distilled_policy(
     # threshold (the MPC can drift after reaching: docs/methods.md); and the last iteration still close
     worst = [max(r["eval_final_distance"]) for r in history]
     assert min(worst) < threshold, f"the MPC never reached every target: worst distance per iteration {worst}"
-    assert np.mean(last["eval_final_distance"]) < threshold, f"MPC final distances {last['eval_final_distance']}"
+    assert np.mean(last["eval_final_distance"]) < threshold, (
+        f"MPC final distances {last['eval_final_distance']}")
     assert SampleStore(run_dir).count() == _trajectories(experiment.pets, config.iterations)
     assert sorted(p.name for p in (run_dir / "model").glob("ensemble_v*.pt")) == sorted(
         f"ensemble_v{v}.pt" for v in range(1, config.iterations + 1))

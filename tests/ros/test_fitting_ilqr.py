@@ -48,13 +48,12 @@ def experiment(experiment_file: Path, tmp_path_factory: pytest.TempPathFactory) 
     return path
 
 
-def _call(node: object, wait_for: object, client: object, request: object, retry: bool = False) -> object:
+def _call(node: object, wait_for: object, client: object, request: object) -> object:
     """The service's first answer within TIMEOUT. The request is sent again every 3 s while none came
     (as the trainer does), the earlier ones left pending: a request sent right after discovery (the
     server's answer route may not be matched yet) or right after a server restart (the client may still
     see the dead server's endpoint) can be lost, and a slow answer is still taken. Every request these
-    tests send can be answered twice without harm. ``retry`` is kept for the callers that say so."""
-    del retry
+    tests send can be answered twice without harm."""
     wait_for(node, lambda: client.service_is_ready(), TIMEOUT, f"service {client.srv_name}")
     futures = []
     for _ in range(int(TIMEOUT / 3)):
@@ -112,7 +111,7 @@ def test_fit_and_lqr_step_over_dds_match_the_core_and_survive_a_restart(
     fitting.wait()
     ros_processes.procs = [(p, log) for p, log in ros_processes.procs if p is not fitting]
     ros_processes.start("mbpl_ros.fitting_node", "fitting", params)
-    again = _call(rclpy_node, wait_for, fit_client, fit_req, retry=True)
+    again = _call(rclpy_node, wait_for, fit_client, fit_req)
     assert again.success and "stored" in again.message
     np.testing.assert_array_equal(np.asarray(again.dynamics.fm), np.asarray(first.dynamics.fm))
 
