@@ -6,7 +6,7 @@ robot's run exactly — every recorded sample's arrays and metadata, every histo
 ran which trial; with one of the two samplers SIGKILLed mid-iteration the run still ends (exit 0) with
 those same samples, none missing and none twice, and the trainer says which trial it queued again; and
 the graph split over two launches (``--only robot`` / ``--only learner`` with one token, as on two hosts)
-learns the same.
+learns the same; and samplers that step MuJoCo themselves (``ros.sim_link: in_process``) learn the same.
 """
 
 from __future__ import annotations
@@ -94,6 +94,23 @@ def test_two_robots_sample_in_parallel_and_learn_exactly_what_one_does(tmp_path:
                               .read_text())) for ns in ("robot0", "robot1")}
     assert all(n > 0 for n in ran.values()), ran   # both robots sampled
     assert sum(ran.values()) == ITERATIONS * CONDITIONS * (SAMPLES + 1)   # + the noiseless evaluations
+    _check_same_run(run_dir, one_robot)
+
+
+@pytest.mark.parametrize("robots", [1, 2])
+def test_samplers_with_mujoco_in_process_learn_exactly_what_the_sim_nodes_give(
+        tmp_path: Path, one_robot: Path, robots: int) -> None:
+    """ros.sim_link: in_process (no sim node, no message per control step) is the same physics: the run
+    equals the sim-node run sample for sample, with one robot and with two."""
+    run_dir = tmp_path / "run"
+    extra = ["--set", "ros.sim_link=in_process", "--set", f"ros.robots={robots}"]
+    done = subprocess.run(_launch(run_dir, graph_env(tmp_path), *extra), cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    logs = run_dir / "logs"
+    assert not list(logs.rglob("sim.log")), "no sim node runs with the in-process link"
+    assert all("MuJoCo in process" in p.read_text() for p in logs.rglob("sampler.log"))
+    assert len(list(logs.rglob("sampler.log"))) == robots
     _check_same_run(run_dir, one_robot)
 
 

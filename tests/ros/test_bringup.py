@@ -187,9 +187,25 @@ def test_ros_section_options_and_errors(tmp_path: Path) -> None:
         ({"nodes": {"trainer": {"max_attempts": 0}}}, r"ros\.nodes\.trainer: trainer node: max_attempts"),
         ({"nodes": {"fitting": {"use_sim_time": 1}}}, r"ros\.nodes\.fitting\.use_sim_time: expected bool"),
         ({"nodes": {"planner": 3}}, r"ros\.nodes\.planner: expected a mapping"),
+        ({"sim_link": "shm"}, r"ros\.sim_link: one of \['dds', 'in_process'\]"),
+        ({"sim_link": "in_process", "lockstep": False}, "needs ros.sim: true and ros.lockstep: true"),
+        ({"sim_link": "in_process", "sim": False}, "needs ros.sim: true and ros.lockstep: true"),
+        ({"nodes": {"sampler": {"sim_in_process": True, "mode": "realtime"}}}, "sim_in_process needs mode"),
     ):
         with pytest.raises(ConfigError, match=reason):
             graph_from_experiment(tmp_path / "x.yaml", {"ros": bad})
+
+
+@pytest.mark.parametrize("robots", [1, 2])
+def test_an_in_process_sim_link_leaves_out_the_sim_nodes(tmp_path: Path, robots: int) -> None:
+    """ros.sim_link: in_process — each sampler steps MuJoCo itself: no sim node, the samplers are told so."""
+    dds = graph_from_experiment(tmp_path / "x.yaml", {"ros": {"robots": robots}})
+    inside = graph_from_experiment(tmp_path / "x.yaml", {"ros": {"robots": robots, "sim_link": "in_process"}})
+    assert [s.name for s in dds].count("sim") == robots and "sim" not in [s.name for s in inside]
+    assert [(s.name, s.namespace) for s in inside] == [(s.name, s.namespace) for s in dds if s.name != "sim"]
+    for spec in inside:
+        assert spec.parameters.get("sim_in_process", False) == (spec.name == "sampler")
+    assert all("sim_in_process" not in s.parameters for s in dds)
 
 
 def _launcher(specs: list[NodeSpec], run_dir: Path,

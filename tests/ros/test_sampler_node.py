@@ -1,4 +1,5 @@
-"""The sampler node as a process over DDS, with the sim node (lockstep, realtime) or the test as the robot.
+"""The sampler node as a process over DDS, with the sim node (lockstep, realtime), MuJoCo in its own process
+(``sim_in_process``) or the test as the robot.
 
 Oracles: a lockstep trial equals an in-process MujocoEnv rollout of the same controller and noise;
 invalid controllers are refused and counted while the last good one keeps running; a silent robot
@@ -33,7 +34,7 @@ from mbpl_ros import conversions  # noqa: E402
 from mbpl_ros.params import declare_parameters, schema_defaults  # noqa: E402
 from mbpl_ros.sampler_logic import RobotSetup, SamplerParams, build_numpy_policy, trial_noise  # noqa: E402
 from mbpl_ros.sampler_node import LATCHED_QOS  # noqa: E402
-from mbpl_ros.sim_node import COMMAND_QOS  # noqa: E402
+from mbpl_ros.sim_node import COMMAND_QOS, STATE_QOS  # noqa: E402
 from mbpl_sim.env import MujocoEnv  # noqa: E402
 from mbpl_sim.experiment import load_experiment  # noqa: E402
 
@@ -92,10 +93,14 @@ def _params(experiment: Path, **overrides: object) -> dict[str, object]:
     return {"config": str(experiment), "mode": "lockstep", "diagnostics_period": 0.2} | overrides
 
 
-@pytest.fixture
-def lockstep_graph(ros_processes, experiment_file: Path):
-    ros_processes.start("mbpl_ros.sim_node", "sim", {"config": str(experiment_file), "mode": "lockstep"})
-    ros_processes.start("mbpl_ros.sampler_node", "sampler", _params(experiment_file, state_timeout=5.0))
+@pytest.fixture(params=["sim_node", "sim_in_process"])
+def lockstep_graph(request, ros_processes, experiment_file: Path):
+    """A lockstep sampler with its simulation: the sim node over DDS, or MuJoCo in the sampler's process."""
+    in_process = request.param == "sim_in_process"
+    if not in_process:
+        ros_processes.start("mbpl_ros.sim_node", "sim", {"config": str(experiment_file), "mode": "lockstep"})
+    ros_processes.start("mbpl_ros.sampler_node", "sampler",
+                        _params(experiment_file, state_timeout=5.0, sim_in_process=in_process))
     env = MujocoEnv(load_experiment(experiment_file))
     return env
 
@@ -105,6 +110,8 @@ def test_lockstep_trials_equal_in_process_rollouts_and_follow_the_newest_control
 ) -> None:
     env = lockstep_graph
     client = SamplerClient(rclpy_node)
+    states: list[JointState] = []
+    rclpy_node.create_subscription(JointState, "joint_states", states.append, STATE_QOS)
     first, second = (_controller(env.T, env.dU, env.dX, seed) for seed in (1, 2))
     client.publish(first, 1, 7)
     wait_for(rclpy_node, lambda: client.counter("controllers_received") >= 1, STARTUP_TIMEOUT, "controller 7")
@@ -128,6 +135,9 @@ def test_lockstep_trials_equal_in_process_rollouts_and_follow_the_newest_control
         assert meta.end_time - meta.start_time == pytest.approx((env.T - 1) * env.dt), "sim time"
         assert meta.seed == 42 and meta.add_noise
     assert not np.allclose(samples[0].u, samples[1].u)
+    last_x = conversions.msg_to_sample(samples[1])[0].X[0, -1]
+    wait_for(rclpy_node, lambda: bool(states) and np.array_equal(states[-1].position, last_x[:env.dU]),
+             TRIAL_TIMEOUT, "joint_states ending at the trial's last state (the robot side's topic)")
     sampler_proc = next(p for p, _ in ros_processes.procs if "mbpl_ros.sampler_node" in p.args)
     sampler_proc.send_signal(signal.SIGTERM)
     assert sampler_proc.wait(timeout=STARTUP_TIMEOUT) == 0, ros_processes.output(sampler_proc)

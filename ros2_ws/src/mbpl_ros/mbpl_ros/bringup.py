@@ -10,6 +10,8 @@ of :class:`NodeSpec`. Both ``launch/mbpl_sim.launch.py`` (full ROS 2 installs) a
     controller: effort_controller  # efforts travel on <controller>/commands
     realtime_rate: 0.0           # realtime sim steps per second; 0 = 1/dt
     sim: true                    # false on hardware: a robot driver publishes joint_states instead
+    sim_link: dds                # lockstep sim: "dds" (a sim node, the topics of a robot driver) or
+                                 # "in_process" (each sampler steps MuJoCo itself: no sim node)
     respawn: []                  # names of nodes restarted when they exit
     nodes: {sampler: {...}}      # extra parameters per node name, checked against the node's schema
     robots: 1                    # robot-side pairs (sim or driver + sampler): N, or a list of namespaces
@@ -173,6 +175,7 @@ class RosSection:
     controller: str = "effort_controller"
     realtime_rate: float = 0.0
     sim: bool = True
+    sim_link: str = "dds"
     respawn: tuple[str, ...] = ()
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     robots: Any = 1
@@ -189,6 +192,12 @@ class RosSection:
                     isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in conditions):
                 raise ConfigError(f"ros.robot_conditions.{robot}: a non-empty list of condition indices, got "
                                   f"{conditions!r}")
+        if self.sim_link not in SIM_LINKS:
+            raise ConfigError(f"ros.sim_link: one of {list(SIM_LINKS)}, got {self.sim_link!r}")
+        if self.sim_link == "in_process" and not (self.sim and self.lockstep):
+            raise ConfigError("ros.sim_link: in_process runs a lockstep simulation inside each sampler; "
+                              "it needs ros.sim: true and ros.lockstep: true (a robot or a realtime sim is "
+                              "reached over DDS: sim_link: dds)")
         names = {name for name, _ in GRAPH_NODES}
         unknown = sorted((set(self.respawn) | set(self.nodes)) - names)
         if unknown:
@@ -203,6 +212,7 @@ class RosSection:
             check_node_parameters(name, params)
 
 
+SIM_LINKS = ("dds", "in_process")
 TOKEN_NODES = ("sampler", "ilqr", "model", "planner", "trainer")
 ROBOT_NODES = ("sim", "sampler")  # the robot side: one pair per robot
 PARALLEL_METHODS = ("lqr_flm", "mdgps")  # methods whose trials of an iteration are independent
@@ -263,7 +273,7 @@ def graph_from_experiment(
         raise ConfigError(f"only: 'robot' or 'learner', got {only!r}")
     specs = []
     for name, module in GRAPH_NODES:
-        if name not in METHOD_NODES[method] or (name == "sim" and not ros.sim):
+        if name not in METHOD_NODES[method] or (name == "sim" and (not ros.sim or ros.sim_link != "dds")):
             continue
         if only is not None and (name in ROBOT_NODES) != (only == "robot"):
             continue
@@ -299,6 +309,8 @@ def _node_parameters(name: str, ros: RosSection, config_path: Path, run_dir: str
         params["run_dir"] = str(Path(run_dir).resolve())
     if name == "sampler":
         params["rate_hz"] = float(ros.realtime_rate)  # one command per sim step when the sim runs faster
+        if ros.sim_link == "in_process":
+            params["sim_in_process"] = True
     if name == "trainer" and ros.robots:
         params["robots"] = " ".join(ros.robots)
         pinned = ros.robot_conditions.items()

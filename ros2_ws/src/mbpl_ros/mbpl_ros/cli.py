@@ -261,7 +261,7 @@ def evaluate_in_graph(experiment: Any, run_dir: Path, checkpoint: Path, conditio
     specs = [NodeSpec(s.name, s.module, {**s.parameters, **extra[s.name]})
              for s in graph_from_experiment(experiment.source, raw, run_dir=run_dir, run_token=token)
              if s.name in extra]
-    if len(specs) != 2:
+    if len(specs) != (1 if ros.get("sim_link") == "in_process" else 2):  # in_process: the sampler alone
         raise ConfigError("--graph needs the sim node (ros.sim: true)")
     with open(run_dir / "graph.log", "w") as log:
         launcher = ProcessLauncher(specs, run_dir, out=log)

@@ -135,6 +135,10 @@ class SamplerParams:
         'realtime, policy_kind "mpc": control steps at zero effort a trial waits for its first plan (the '
         "planner's first plan of a model version includes loading it) before it aborts; at least "
         "max_plan_age", 25)
+    sim_in_process: bool = param(
+        "lockstep simulation: the sampler steps the experiment's MuJoCo model itself (no sim node, no "
+        "message per control step; joint_states is still published as the sim node would); false: the "
+        "states come on joint_states from a sim node or a robot driver", False)
     realtime_priority: int = param(
         "realtime mode: SCHED_FIFO priority 1-99 of the control thread (needs root or CAP_SYS_NICE; "
         "refused: logged, normal priority, as ros2_control's controller manager does); 0: normal scheduling",
@@ -168,6 +172,10 @@ class SamplerParams:
         if self.max_plan_age < 0 or self.first_plan_wait < 0:
             raise ConfigError(f"sampler: max_plan_age and first_plan_wait must be >= 0 steps, got "
                               f"{self.max_plan_age}, {self.first_plan_wait}")
+        if self.sim_in_process and (self.mode != "lockstep" or not self.reset_service):
+            raise ConfigError("sampler: sim_in_process needs mode 'lockstep' and a reset before every trial "
+                              f"(reset_service not empty), got mode {self.mode!r}, reset_service "
+                              f"{self.reset_service!r}")
         if self.max_queued_trials < 0 or self.controller_history < 1:
             raise ConfigError("sampler: max_queued_trials must be >= 0 and controller_history >= 1, got "
                               f"{self.max_queued_trials}, {self.controller_history}")

@@ -42,7 +42,8 @@ from mbpl_ros.sampler_logic import (
     TrialRequest,
     TrialResult,
 )
-from mbpl_ros.sim_node import COMMAND_QOS, STATE_QOS
+from mbpl_ros.sim_node import COMMAND_QOS, STATE_QOS, InProcessSim, load_env
+from mbpl_sim.env import SimulationError
 from mbpl_sim.experiment import load_experiment
 
 PLAN_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -89,8 +90,18 @@ class SamplerNode(Node):
         if self.params.reset_service:
             self._reset = self.create_client(ResetSim, self.params.reset_service)
         self.sampler = Sampler(self.params, setup, self)
-        state_qos = REALTIME_STATE_QOS if self.sampler.realtime else STATE_QOS
-        self.create_subscription(JointState, "joint_states", self._on_joint_state, state_qos)
+        self._sim: InProcessSim | None = None
+        if self.params.sim_in_process:  # the sampler is its own simulator: joint_states out, not in
+            self._sim = InProcessSim(load_env(self.params.config, self.params.condition_set))
+            if set(self._sim.joint_names) != set(setup.joint_names):
+                raise ConfigError(f"sampler: the simulation's joints {self._sim.joint_names} are not the "
+                                  f"robot's {setup.joint_names}")
+            self._sim_order = np.array([self._sim.joint_names.index(n) for n in setup.joint_names])
+            self._to_sim = np.argsort(self._sim_order)  # setup's joint order → the simulation's
+            self._state_pub = self.create_publisher(JointState, "joint_states", STATE_QOS)
+        else:
+            state_qos = REALTIME_STATE_QOS if self.sampler.realtime else STATE_QOS
+            self.create_subscription(JointState, "joint_states", self._on_joint_state, state_qos)
         self.create_subscription(ControllerMsg, "mbpl/controllers", self._on_controller, CONTROLLERS_QOS)
         self.create_subscription(PolicyParameters, "mbpl/policy", self._on_policy, LATCHED_QOS)
         # policy_kind "mpc": the planner node answers each step's request with a plan
@@ -101,9 +112,10 @@ class SamplerNode(Node):
         if self.params.policy_checkpoint:
             self._deploy_checkpoint(self.params.policy_checkpoint)
         self.sampler.start()
+        inside = ", MuJoCo in process" if self._sim is not None else ""
         self.get_logger().info(
             f"{self.params.mode} sampler of {self.params.config} at {1.0 / self.sampler.period_s:g} Hz: "
-            f"{setup.num_conditions} conditions, T={setup.T}, dX={setup.dX}, dU={setup.dU}")
+            f"{setup.num_conditions} conditions, T={setup.T}, dX={setup.dX}, dU={setup.dU}{inside}")
 
     def _deploy_checkpoint(self, path: str) -> None:
         """Deploy a saved policy (numpy only) as policy 0; ConfigError if it is missing or does not fit."""
@@ -171,7 +183,15 @@ class SamplerNode(Node):
             self._plan_request_pub.publish(msg)
 
     def publish_command(self, u: np.ndarray) -> None:
-        """Efforts u (dU,) on <controller>/commands."""
+        """Efforts u (dU,) on <controller>/commands (sim_in_process: one step of the simulation, whose
+        next state is the sampler's next reading; TrialAbortError if the physics went unstable)."""
+        if self._sim is not None:
+            try:
+                self._deliver(*self._sim.step(u[self._to_sim]), u)
+            except SimulationError as err:
+                self.get_logger().error(f"{err}; reset to condition {self._sim.condition}")
+                raise TrialAbortError(f"simulation error: {err}") from err
+            return
         if self.context.ok():  # the control thread may tick once more while SIGINT shuts rclpy down
             self._command_pub.publish(conversions.efforts_to_msg(u))
 
@@ -188,8 +208,24 @@ class SamplerNode(Node):
         msg = conversions.sample_to_msg(batch, meta, stamp) if batch else _empty_sample(meta, stamp)
         self._sample_pub.publish(msg)
 
+    def _deliver(self, q: np.ndarray, qd: np.ndarray, stamp: float, effort: np.ndarray) -> None:
+        """sim_in_process: a state of the simulation (its joint order) to the sampler and joint_states."""
+        q, qd = q[self._sim_order], qd[self._sim_order]
+        time_msg = conversions.seconds_to_time(stamp)
+        if self.context.ok():
+            self._state_pub.publish(conversions.arrays_to_joint_state(self.joint_order.joint_names, q, qd,
+                                                                      effort, time_msg))
+        self.sampler.on_state(q, qd, stamp)
+
     def reset(self, condition: int, timeout: float) -> None:
         """Call ResetSim (blocking: runs on the sampler's worker thread); TrialAbortError on failure."""
+        if self._sim is not None:
+            try:
+                reading = self._sim.reset(condition)
+            except Exception as err:  # noqa: BLE001 - e.g. a condition out of range: the trial's reason
+                raise TrialAbortError(f"reset to condition {condition} failed: {err}") from err
+            self._deliver(*reading, np.zeros(len(reading[0])))
+            return
         assert self._reset is not None
         name = self.params.reset_service
         if not self._reset.wait_for_service(timeout_sec=timeout):

@@ -117,6 +117,49 @@ def load_env(config_path: str, condition_set: str = "train") -> MujocoEnv:
     return MujocoEnv(load_experiment(config_path), condition_set=condition_set)
 
 
+class InProcessSim:
+    """The sim node's lockstep semantics without the node: for a sampler that steps MuJoCo itself
+    (``sim_in_process``). Efforts are clipped to the effort limits, one :meth:`step` is one control period,
+    states are stamped with sim time monotonic across resets (as the sim node's joint_states), and an
+    unstable simulation is reset to its condition before :class:`SimulationError` propagates."""
+
+    def __init__(self, env: MujocoEnv) -> None:
+        self.env = env
+        self.joint_names = tuple(env.joint_names)
+        self.effort_limits = np.asarray(env.effort_limits, dtype=np.float64)
+        self.condition = 0
+        self._time_offset = 0.0
+        self.counters = SimCounters()
+
+    @property
+    def sim_time(self) -> float:
+        return self._time_offset + float(self.env.time)
+
+    def reading(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(q, qd, sim time) now, in the env's joint order."""
+        return self.env.joint_positions(), self.env.joint_velocities(), self.sim_time
+
+    def reset(self, condition: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """x_0 of a condition (ConfigError if out of range), as :meth:`reading`."""
+        self._time_offset += float(self.env.time)  # sim time must never run backwards
+        self.env.reset(condition)
+        self.condition = condition
+        self.counters.resets += 1
+        return self.reading()
+
+    def step(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """One control period with effort u (dU,) clipped to the limits, as :meth:`reading`."""
+        self.counters.commands_received += 1
+        try:
+            self.env.step(np.clip(u, -self.effort_limits, self.effort_limits))
+        except SimulationError:
+            self.counters.simulation_errors += 1
+            self.reset(self.condition)
+            raise
+        self.counters.steps += 1
+        return self.reading()
+
+
 class SimNode(Node):
     """ROS shell over one MujocoEnv; see the module docstring for topics and modes."""
 
