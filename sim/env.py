@@ -134,13 +134,17 @@ class MujocoEnv:
 
         Raises SimulationError if MuJoCo flags unstable accelerations or the state is non-finite.
         """
+        self.advance(u)
+        return self.state()
+
+    def advance(self, u: np.ndarray) -> None:
+        """:meth:`step` without computing x (for a caller that reads only the joints)."""
         self.data.ctrl[:] = self.clip_action(u)
         for _ in range(self.substeps):
             mujoco.mj_step(self.model, self.data)
         unstable = any(self.data.warning[w].number for w in _FATAL_WARNINGS)
         if unstable or not np.all(np.isfinite(self.data.qpos)):
             raise SimulationError(f"simulation unstable at t={self.data.time:.4f} s: {self.warning_counts()}")
-        return self.state()
 
     def warning_counts(self) -> dict[str, int]:
         """Non-zero MuJoCo warning counters since the last reset, by warning name."""

@@ -4,6 +4,7 @@ batches close atomically, and a crash leaves no half-written bag behind.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,30 @@ def test_a_batch_recorded_out_of_index_order_reads_back_in_index_order(tmp_path:
     assert store.samples(2, 0) == {k: canonical_cdr(r) for k, r in enumerate(raws)}
     stamps = [t for t, _ in read_bag(store.batch_path(2, 0))]
     assert stamps == sorted(stamps) and stamps[0] == 500 and len(set(stamps)) == 4
+
+
+
+def test_the_bag_writer_closes_a_batch_from_what_it_wrote_exactly_as_read_back(tmp_path: Path) -> None:
+    """The trainer's BagWriter closes a complete batch from the samples it wrote itself (no read-back);
+    oracle: a store that reads the same pending bags from disk (copied just before the close). One sample
+    was recorded by an earlier session, with its own time stamp: the writer must take that one from disk."""
+    from mbpl_ros.trainer_logic import BagWriter
+
+    class Snapshotting(SampleStore):
+        def close_batch(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            shutil.copytree(self.pending_dir, tmp_path / "oracle" / "bags" / "pending")
+            return super().close_batch(*args, **kwargs)
+
+    raws = [_raw(k)[0] for k in range(3)]
+    store = Snapshotting(tmp_path / "run")
+    store.record_trial(4, 2, 1, raws[1], 7)  # before a crash
+    writer = BagWriter(store)
+    for index in (2, 0, 1):  # index 1 again: already recorded, not rewritten
+        writer.put(4, 2, index, raws[index])
+    writer.close_batch(4, 2, 3)
+    writer.close()
+    assert store.is_closed(4, 2) and not any(store.pending_dir.iterdir())
+    oracle = SampleStore(tmp_path / "oracle")
+    oracle.close_batch(4, 2, 3)
+    assert read_bag(store.batch_path(4, 2)) == read_bag(oracle.batch_path(4, 2))
+    assert store.samples(4, 2) == {k: canonical_cdr(r) for k, r in enumerate(raws)}

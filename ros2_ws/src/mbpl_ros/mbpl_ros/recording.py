@@ -24,7 +24,7 @@ import re
 import shutil
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -158,18 +158,24 @@ class SampleStore:
     def _pending_path(self, iteration: int, condition: int, index: int) -> Path:
         return self.pending_dir / f"iteration_{iteration:03d}_condition_{condition:02d}_sample_{index:02d}"
 
-    def record_trial(self, iteration: int, condition: int, index: int, raw: bytes, stamp_ns: int) -> None:
-        """Persist one accepted sample of an unfinished batch (its own small bag); idempotent."""
+    def record_trial(self, iteration: int, condition: int, index: int, raw: bytes, stamp_ns: int) -> bool:
+        """Persist one accepted sample of an unfinished batch (its own small bag); idempotent. True if
+        this call wrote it (False: it was recorded before)."""
         path = self._pending_path(iteration, condition, index)
-        if not path.exists():
-            write_bag(path, [(stamp_ns, raw)])
+        if path.exists():
+            return False
+        write_bag(path, [(stamp_ns, raw)])
+        return True
 
-    def _pending(self, iteration: int, condition: int) -> dict[int, tuple[int, bytes]]:
+    def _pending(self, iteration: int, condition: int,
+                 skip: Container[int] = ()) -> dict[int, tuple[int, bytes]]:
+        """{index: (stamp, CDR)} of the batch's pending bags, those in ``skip`` left unread."""
         found = {}
         for path in self.pending_dir.iterdir():
             match = _PENDING.match(path.name)
-            if match and (int(match[1]), int(match[2])) == (iteration, condition):
-                found[int(match[3])] = read_bag(path)[0]
+            key = (int(match[1]), int(match[2]), int(match[3])) if match else None
+            if key is not None and key[:2] == (iteration, condition) and key[2] not in skip:
+                found[key[2]] = read_bag(path)[0]
         return found
 
     def is_closed(self, iteration: int, condition: int) -> bool:
@@ -181,14 +187,18 @@ class SampleStore:
             return {i: raw for i, (_, raw) in enumerate(read_bag(self.batch_path(iteration, condition)))}
         return {i: raw for i, (_, raw) in self._pending(iteration, condition).items()}
 
-    def close_batch(self, iteration: int, condition: int, count: int) -> Path:
+    def close_batch(self, iteration: int, condition: int, count: int,
+                    written: Mapping[int, tuple[int, bytes]] | None = None) -> Path:
         """Write the batch bag of samples 0..count-1 from the pending bags, then delete those.
 
-        Raises ValueError naming the missing indices if the batch is incomplete.
+        ``written``: {index: (stamp, CDR)} of pending bags the caller wrote itself (record_trial returned
+        True), taken as they are instead of read back. Raises ValueError naming the missing indices if the
+        batch is incomplete.
         """
         path = self.batch_path(iteration, condition)
         if not path.exists():
-            pending = self._pending(iteration, condition)
+            known = dict(written or {})
+            pending = known | self._pending(iteration, condition, skip=known)
             missing = [i for i in range(count) if i not in pending]
             if missing:
                 raise ValueError(f"batch (iteration {iteration}, condition {condition}) lacks samples "

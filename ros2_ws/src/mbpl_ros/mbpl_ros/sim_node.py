@@ -151,7 +151,7 @@ class InProcessSim:
         """One control period with effort u (dU,) clipped to the limits, as :meth:`reading`."""
         self.counters.commands_received += 1
         try:
-            self.env.step(np.clip(u, -self.effort_limits, self.effort_limits))
+            self.env.advance(u)  # clipped to the effort limits, as the sim node's commands
         except SimulationError:
             self.counters.simulation_errors += 1
             self.reset(self.condition)

@@ -211,26 +211,37 @@ def run_one_by_one(run: Callable[[TrialRequest], Any], requests: Sequence[TrialR
 
 
 class BagWriter:
-    """Writes samples to their bags (``SampleStore.record_trial``) on a thread of its own, so the next
-    trial starts while one is written; :meth:`close` waits for every queued write and re-raises the first
-    error. ``busy_s``: seconds spent writing."""
+    """Writes samples to their bags (``SampleStore.record_trial``) and closes complete batches into their
+    batch bag (``SampleStore.close_batch``, from what it wrote rather than read back) on a thread of its
+    own, so the next trial starts while one is written; :meth:`close` waits for every queued job and
+    re-raises the first error. ``busy_s``: seconds spent writing."""
 
     def __init__(self, store: SampleStore) -> None:
         self.store, self.busy_s = store, 0.0
-        self._queue: queue.Queue[tuple[int, int, int, bytes, int] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
         self._error: BaseException | None = None
+        self._written: dict[tuple[int, int], dict[int, tuple[int, bytes]]] = {}
         self._thread = threading.Thread(target=self._write, name="bag-writer", daemon=True)
         self._thread.start()
 
     def put(self, iteration: int, condition: int, index: int, raw: bytes) -> None:
         self._queue.put((iteration, condition, index, raw, time.time_ns()))
 
+    def close_batch(self, iteration: int, condition: int, count: int) -> None:
+        """Once the samples put before are written: the batch bag of (iteration, condition)."""
+        self._queue.put((iteration, condition, count))
+
     def _write(self) -> None:
         while (item := self._queue.get()) is not None:
             if self._error is None:
                 start = time.perf_counter()
                 try:
-                    self.store.record_trial(*item)
+                    if len(item) == 3:
+                        written = self._written.pop(item[:2], {})
+                        self.store.close_batch(*item, written=written)
+                    elif self.store.record_trial(*item):
+                        i, m, index, raw, stamp = item
+                        self._written.setdefault((i, m), {})[index] = (stamp, raw)
                 except BaseException as err:  # noqa: BLE001 - re-raised by close() in the loop's thread
                     self._error = err
                 self.busy_s += time.perf_counter() - start
@@ -440,6 +451,8 @@ class TrainerLoop:
             m, index = key
             recorded[m][index] = result.raw
             writer.put(i, m, index, result.raw)
+            if len(recorded[m]) == n:  # the batch is complete: its bag is written off the critical path
+                writer.close_batch(i, m, n)
 
         try:
             self._run_all(missing, request, keep,

@@ -59,7 +59,6 @@ from mbpl_ros.trainer_logic import (
     StepFailedError,
     TrialRequest,
     TrialResult,
-    run_one_by_one,
 )
 
 POLICY_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
@@ -305,7 +304,7 @@ class GraphTransport:
         request j at j: its sample (maybe aborted), None (no sample) or NOT_RUN (no robot was left for it).
         ``on_result(j, result)`` is called as each one is final, from the robot's thread (one at a time)."""
         if len(self.robots) == 1:
-            return run_one_by_one(lambda r: self._run_on(0, r, give_up_if_absent=False), requests, on_result)
+            return self._run_queued(requests, on_result)
         self._await_robots()
         pool = _RobotPool(self, requests, on_result)
         pool.out_of_batch |= self._robots_down()
@@ -347,7 +346,11 @@ class GraphTransport:
 
     def _run_on(self, robot: int, request: TrialRequest, give_up_if_absent: bool) -> TrialResult | None:
         """RunTrial on robot ``robot`` and the sample; None if refused, lost or aborted (logged)."""
-        client = self._trial_clients[robot]
+        return self._collect(robot, request, self._put(robot, request, give_up_if_absent), give_up_if_absent)
+
+    def _put(self, robot: int, request: TrialRequest, give_up_if_absent: bool) -> RunTrial.Request | None:
+        """Expect the trial's sample and have robot ``robot`` queue the trial: the request it accepted, or
+        None if it refused (:meth:`_collect` ends the expectation either way)."""
         msg = RunTrial.Request(condition=request.condition, trial_id=request.trial_id, seed=request.seed,
                                policy_kind=request.policy_kind, add_noise=request.add_noise,
                                controller_id=request.controller_id, run_token=self.params.run_token)
@@ -355,9 +358,23 @@ class GraphTransport:
             self._samples[request.trial_id] = None
             self._awaited_on[request.trial_id] = robot
         try:
-            if not self._until_accepted(client, msg, give_up_if_absent):
+            return msg if self._until_accepted(self._trial_clients[robot], msg, give_up_if_absent) else None
+        except BaseException:
+            self._forget(request.trial_id)
+            raise
+
+    def _forget(self, trial_id: int) -> None:
+        with self._cv:
+            self._samples.pop(trial_id, None)
+            self._awaited_on.pop(trial_id, None)
+
+    def _collect(self, robot: int, request: TrialRequest, accepted: RunTrial.Request | None,
+                 give_up_if_absent: bool) -> TrialResult | None:
+        """The sample of a trial :meth:`_put` to robot ``robot``; None if it was refused or is lost."""
+        try:
+            if accepted is None:
                 return None
-            raw = self._await_sample(client, msg, give_up_if_absent)
+            raw = self._await_sample(self._trial_clients[robot], accepted, give_up_if_absent)
             self._check_running()
             if raw is None:
                 return None
@@ -367,9 +384,27 @@ class GraphTransport:
                 self.get_logger().error(f"sample of trial {request.trial_id} does not decode: {err}")
                 return None
         finally:
-            with self._cv:
-                self._samples.pop(request.trial_id, None)
-                self._awaited_on.pop(request.trial_id, None)
+            self._forget(request.trial_id)
+
+    def _run_queued(self, requests: Sequence[TrialRequest],
+                    on_result: Callable[[int, Any], None] | None) -> list[Any]:
+        """One robot: the requests in order, each put to the sampler while the one before runs, so the
+        sampler starts it as soon as it has published the last (no round trip between two trials)."""
+        out: list[Any] = []
+        asked: dict[int, RunTrial.Request | None] = {}
+        try:
+            for j, request in enumerate(requests):
+                if j not in asked:
+                    asked[j] = self._put(0, request, False)
+                if j + 1 < len(requests):
+                    asked[j + 1] = self._put(0, requests[j + 1], False)
+                out.append(self._collect(0, request, asked.pop(j), False))
+                if on_result is not None:
+                    on_result(j, out[-1])
+        finally:
+            for j in asked:  # left by an error or a shutdown: no sample is expected any more
+                self._forget(requests[j].trial_id)
+        return out
 
     def _await_sample(self, client: Any, msg: RunTrial.Request, give_up_if_absent: bool) -> bytes | None:
         """The sample of an accepted trial, or None after trial_timeout s.
