@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,3 +178,59 @@ def test_robot_and_learner_sides_launched_apart_learn_the_same(tmp_path: Path, o
                                                                            "trainer.log"]
     _check_same_run(tmp_path / "run", one_robot)
     assert np.isfinite(_figures(tmp_path / "run")[-1]["mean_cost"]).all()
+
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces joined by a veth pair only (10.231.<k>.1 and .2): two hosts as far as the
+    network goes — separate loopbacks, no route between them but the link. Needs root and iproute2."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2")
+    tag, subnet = os.getpid() % 100_000, 10 + os.getpid() % 200
+    hosts = [(f"mbpl_host_a_{tag}", f"10.231.{subnet}.1", f"mbpla{tag}"),
+             (f"mbpl_host_b_{tag}", f"10.231.{subnet}.2", f"mbplb{tag}")]
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+    try:
+        for name, _, _ in hosts:
+            ip("netns", "add", name)
+        ip("link", "add", hosts[0][2], "type", "veth", "peer", "name", hosts[1][2])
+        for name, address, link in hosts:
+            ip("link", "set", link, "netns", name)
+            ip("-n", name, "addr", "add", f"{address}/24", "dev", link)
+            ip("-n", name, "link", "set", "lo", "up")
+            ip("-n", name, "link", "set", link, "up")
+            ip("-n", name, "route", "add", "224.0.0.0/4", "dev", link)  # DDS discovery's multicast
+    except subprocess.CalledProcessError as err:
+        for name, _, _ in hosts:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+        pytest.skip(f"cannot make network namespaces here: {err.stderr.strip()}")
+    yield [(name, address) for name, address, _ in hosts]
+    for name, _, _ in hosts:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+def test_robot_and_learner_on_two_network_isolated_hosts_learn_the_same(tmp_path: Path, one_robot: Path,
+                                                                        two_hosts: list) -> None:
+    """The README's two-host set-up, with the hosts' networks made in the test: the robot side in one
+    network namespace, the learner in the other, discovery over the subnet with static peers, DDS over
+    UDP only (no shared memory between the two), one run token. Same run as the whole graph on one host."""
+    (host_a, ip_a), (host_b, ip_b) = two_hosts
+    env = graph_env(tmp_path) | {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET",
+                                 "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
+    robot_cmd = _launch(tmp_path / "robot", env, "--only", "robot", "--run-token", TOKEN)
+    learner_cmd = _launch(tmp_path / "run", env, "--only", "learner", "--run-token", TOKEN)
+    robot_side = subprocess.Popen(["ip", "netns", "exec", host_a, *robot_cmd], cwd=REPO, text=True,
+                                  env=env | {"ROS_STATIC_PEERS": ip_b}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+    try:
+        learner = subprocess.run(["ip", "netns", "exec", host_b, *learner_cmd], cwd=REPO, text=True,
+                                 env=env | {"ROS_STATIC_PEERS": ip_a}, capture_output=True, timeout=600)
+        assert learner.returncode == 0, learner.stdout[-6000:] + learner.stderr[-3000:]
+    finally:
+        robot_side.send_signal(signal.SIGINT)
+        out, _ = robot_side.communicate(timeout=60)
+    assert robot_side.returncode == 128 + signal.SIGINT, out[-3000:]
+    _check_same_run(tmp_path / "run", one_robot)
