@@ -15,6 +15,7 @@ pytest.importorskip("mbpl_sim.env")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from mbpl_msgs.srv import ResetSim  # noqa: E402
+from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
@@ -111,6 +112,18 @@ def test_reset_service_and_clock(ros_processes, rclpy_node, wait_for, experiment
     np.testing.assert_array_equal(client.states[2].position, client.states[0].position)
     stamp_after_reset = conversions.time_to_seconds(client.states[2].header.stamp)
     assert stamp_after_reset == pytest.approx(0.01), "sim time must not run backwards on reset"
+    # /clock: published with each state once someone reads it (nobody here did until now)
+    clocks: list[float] = []
+    rclpy_node.create_subscription(Clock, "/clock",
+                                   lambda m: clocks.append(conversions.time_to_seconds(m.clock)), 10)
+    for k in range(20):  # until the sim has matched the new subscription
+        client.commands.publish(conversions.efforts_to_msg(np.zeros(2)))
+        wait_for(rclpy_node, lambda k=k: len(client.states) >= 4 + k, STEP_TIMEOUT, "a step")
+        if clocks:
+            break
+    wait_for(rclpy_node, lambda: len(clocks) >= 1, STEP_TIMEOUT, "/clock")
+    stamps = [conversions.time_to_seconds(st.header.stamp) for st in client.states]
+    assert set(clocks) <= set(stamps), (clocks, stamps)  # the clock is the states' sim time
 
 
 def test_realtime_mode_streams_states_and_holds_the_command(

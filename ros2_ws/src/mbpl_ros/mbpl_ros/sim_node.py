@@ -5,7 +5,8 @@ Topics and services (relative names, so a namespace moves them all):
 * publishes ``joint_states`` (sensor_msgs/JointState, stamped with sim time — seconds simulated since
   the node started, monotonic across resets; effort = the clipped command applied during the step
   that led to this state, zeros after a reset),
-  ``/clock`` (rosgraph_msgs/Clock, lockstep only) and ``/diagnostics`` (counters);
+  ``/clock`` (rosgraph_msgs/Clock, lockstep only, while something subscribes to it: a message per step
+  costs) and ``/diagnostics`` (counters);
 * subscribes ``<controller>/commands`` (std_msgs/Float64MultiArray, dU efforts in joint order);
 * serves ``reset_sim`` (mbpl_msgs/ResetSim: condition → success, message); the condition indexes the
   experiment's training conditions, or the held-out ones with ``condition_set: held_out`` (policy
@@ -230,7 +231,7 @@ class SimNode(Node):
     def _step_and_publish(self, u: np.ndarray) -> None:
         """One control period with effort u (dU,), then publish; an unstable simulation is reset."""
         try:
-            self.env.step(u)
+            self.env.advance(u)  # the state vector is the sampler's to compute
         except SimulationError as err:
             self.counters.simulation_errors += 1
             self.get_logger().error(f"{err}; resetting to condition {self._condition}")
@@ -247,8 +248,8 @@ class SimNode(Node):
 
     def _publish_state(self, effort: np.ndarray) -> None:
         stamp = conversions.seconds_to_time(self.sim_time)
-        if self._clock_pub is not None:
-            self._clock_pub.publish(Clock(clock=stamp))
+        if self._clock_pub is not None and self._clock_pub.get_subscription_count() > 0:
+            self._clock_pub.publish(Clock(clock=stamp))  # a message per step costs, so only when read
         q, qd = self.env.joint_positions(), self.env.joint_velocities()
         self._state_pub.publish(conversions.arrays_to_joint_state(self.joint_names, q, qd, effort, stamp))
 
