@@ -190,7 +190,12 @@ def test_ros_section_options_and_errors(tmp_path: Path) -> None:
         ({"sim_link": "shm"}, r"ros\.sim_link: one of \['dds', 'in_process'\]"),
         ({"sim_link": "in_process", "lockstep": False}, "needs ros.sim: true and ros.lockstep: true"),
         ({"sim_link": "in_process", "sim": False}, "needs ros.sim: true and ros.lockstep: true"),
-        ({"nodes": {"sampler": {"sim_in_process": True, "mode": "realtime"}}}, "sim_in_process needs mode"),
+        ({"nodes": {"sampler": {"sim_in_process": True}}}, "set by ros.sim_link"),
+        ({"sim_link": "in_process", "nodes": {"sampler": {"reset_service": ""}}}, "a reset before every"),
+        ({"sim_link": "in_process", "nodes": {"sampler": {"mode": "realtime"}}}, "sim_in_process needs mode"),
+        ({"sim_link": "in_process", "respawn": ["sim"]}, "runs no sim node"),
+        ({"sim_link": "in_process", "nodes": {"sim": {"realtime_rate": 2.0}}}, "runs no sim node"),
+        ({"sim_link": "in_process", "nodes": {"ilqr": {"use_sim_time": True}}}, "nothing publishes /clock"),
     ):
         with pytest.raises(ConfigError, match=reason):
             graph_from_experiment(tmp_path / "x.yaml", {"ros": bad})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +117,14 @@ def test_reset_service_and_clock(ros_processes, rclpy_node, wait_for, experiment
     clocks: list[float] = []
     rclpy_node.create_subscription(Clock, "/clock",
                                    lambda m: clocks.append(conversions.time_to_seconds(m.clock)), 10)
-    for k in range(20):  # until the sim has matched the new subscription
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while not clocks and time.monotonic() < deadline:  # step until the sim has matched the subscription
+        before = len(client.states)
         client.commands.publish(conversions.efforts_to_msg(np.zeros(2)))
-        wait_for(rclpy_node, lambda k=k: len(client.states) >= 4 + k, STEP_TIMEOUT, "a step")
-        if clocks:
-            break
-    wait_for(rclpy_node, lambda: len(clocks) >= 1, STEP_TIMEOUT, "/clock")
+        wait_for(rclpy_node, lambda before=before: len(client.states) > before, STEP_TIMEOUT, "a step")
+        t0 = time.monotonic()  # spin a little: a /clock may be in flight
+        wait_for(rclpy_node, lambda t0=t0: bool(clocks) or time.monotonic() - t0 > 0.05, STEP_TIMEOUT, "")
+    assert clocks, f"no /clock within {STEP_TIMEOUT:g} s of stepping"
     stamps = [conversions.time_to_seconds(st.header.stamp) for st in client.states]
     assert set(clocks) <= set(stamps), (clocks, stamps)  # the clock is the states' sim time
 

@@ -210,6 +210,26 @@ class RosSection:
             raise ConfigError(f"ros.realtime_rate: must be >= 0, got {self.realtime_rate}")
         for name, params in self.nodes.items():
             check_node_parameters(name, params)
+        self._check_sim_link()
+
+    def _check_sim_link(self) -> None:
+        """What ``sim_link`` decides is not set elsewhere; nothing waits for a sim node that does not run."""
+        if "sim_in_process" in self.nodes.get("sampler", {}):
+            raise ConfigError("ros.nodes.sampler.sim_in_process: set by ros.sim_link (dds or in_process), "
+                              "not per node")
+        if self.sim_link != "in_process":
+            return
+        named = sorted({"sim"} & (set(self.respawn) | set(self.nodes)))
+        if named:
+            raise ConfigError("ros.sim_link: in_process runs no sim node; remove 'sim' from ros.respawn and "
+                              "ros.nodes")
+        clocked = sorted(n for n, p in self.nodes.items() if p.get("use_sim_time"))
+        if clocked:
+            raise ConfigError(f"ros.nodes.{clocked[0]}.use_sim_time: nothing publishes /clock with "
+                              "ros.sim_link: in_process (the sim node does, with sim_link: dds)")
+        # the sampler as it will run: lockstep and simulating, with the experiment's overrides
+        check_node_parameters("sampler", {"mode": "lockstep", "sim_in_process": True,
+                                          **self.nodes.get("sampler", {})})
 
 
 SIM_LINKS = ("dds", "in_process")

@@ -237,7 +237,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def evaluate_in_graph(experiment: Any, run_dir: Path, checkpoint: Path, condition_set: str = "held_out",
                       only: Sequence[int] | None = None, threshold: float | None = None,
                       trial_timeout: float = 60.0) -> Any:
-    """Noiseless policy trials through the graph: sim node + sampler (policy_checkpoint), one per condition.
+    """Noiseless policy trials through the graph: sim node + sampler (policy_checkpoint), one per condition
+    (with ``ros.sim_link: in_process`` the sampler alone, simulating).
 
     Both nodes get ``condition_set``; their output goes to ``<run_dir>/graph.log``. Returns an
     mbpl_sim.evaluate.EvaluationResult from the samples' last states (tip = first ee point).

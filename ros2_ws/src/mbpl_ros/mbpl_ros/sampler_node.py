@@ -8,6 +8,12 @@ that module). Relative names, so a namespace moves them all:
   (PolicyParameters), the last two reliable + transient-local so a late-joining sampler gets them;
 * publishes ``<controller>/commands`` (std_msgs/Float64MultiArray), ``mbpl/samples``
   (TrajectorySample at trial end) and ``/diagnostics``; calls ``reset_sim`` (ResetSim) before a trial.
+
+With ``sim_in_process`` (``ros.sim_link: in_process``) the sampler is its own lockstep simulation
+(:class:`mbpl_ros.sim_node.InProcessSim`): it publishes ``joint_states`` instead of subscribing to it,
+steps MuJoCo instead of publishing commands, resets it instead of calling ``reset_sim``, and adds the
+simulation's counters (``sim_*``) to its diagnostics. An unstable simulation aborts the trial (the sim
+node instead resets and the trial goes on from x_0).
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ class SamplerNode(Node):
         self._sample_pub = self.create_publisher(TrajectorySample, "mbpl/samples", LATCHED_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._reset = None
-        if self.params.reset_service:
+        if self.params.reset_service and not self.params.sim_in_process:
             self._reset = self.create_client(ResetSim, self.params.reset_service)
         self.sampler = Sampler(self.params, setup, self)
         self._sim: InProcessSim | None = None
@@ -250,6 +256,8 @@ class SamplerNode(Node):
 
     def _publish_diagnostics(self) -> None:
         ok, message, values = self.sampler.diagnostics()
+        if self._sim is not None:
+            values = values | {f"sim_{k}": str(v) for k, v in vars(self._sim.counters).items()}
         status = DiagnosticStatus(name=f"mbpl_sampler: {self.get_fully_qualified_name()}",
                                   hardware_id="mbpl_sampler", message=message,
                                   level=DiagnosticStatus.OK if ok else DiagnosticStatus.WARN)

@@ -6,8 +6,10 @@
   that lost it recovers at once), then wait up to ``trial_timeout`` s for the sample with that trial_id
   on ``mbpl/samples`` (subscribed raw, so the CDR bytes that go into the bags are exactly those on the
   wire), sending the request again every ``requery_after`` s meanwhile (a trial lost with a killed
-  sampler is queued again on its successor). An aborted sample (maybe with no step: t_steps = 0) is
-  returned as such and re-run by the loop; a sample that does not decode is logged and counts as missing;
+  sampler is queued again on its successor). With one robot the next trial of a batch is put (one try)
+  while one runs, so the sampler starts it without a round trip in between. An aborted sample (maybe
+  with no step: t_steps = 0) is returned as such and re-run by the loop; a sample that does not decode
+  is logged and counts as missing;
 * ``fit_dynamics`` / ``update_controller``: asked again after ``service_timeout`` s without an answer
   (a restarted server may have lost the request); safe because both services are idempotent. An
   answer with success = false raises :class:`~mbpl_ros.trainer_logic.StepFailedError`;
@@ -302,7 +304,8 @@ class GraphTransport:
                    on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
         """Every request run on some robot, in parallel over the robots (module docstring); the result of
         request j at j: its sample (maybe aborted), None (no sample) or NOT_RUN (no robot was left for it).
-        ``on_result(j, result)`` is called as each one is final, from the robot's thread (one at a time)."""
+        ``on_result(j, result)`` is called as each one is final, one at a time (from the robot's thread with
+        several robots, from the caller's with one)."""
         if len(self.robots) == 1:
             return self._run_queued(requests, on_result)
         self._await_robots()
@@ -345,23 +348,41 @@ class GraphTransport:
         return may_run(self.robots[robot], condition, self.pinned)
 
     def _run_on(self, robot: int, request: TrialRequest, give_up_if_absent: bool) -> TrialResult | None:
-        """RunTrial on robot ``robot`` and the sample; None if refused, lost or aborted (logged)."""
+        """RunTrial on robot ``robot`` and the sample (maybe aborted); None if refused or lost (logged)."""
         return self._collect(robot, request, self._put(robot, request, give_up_if_absent), give_up_if_absent)
 
-    def _put(self, robot: int, request: TrialRequest, give_up_if_absent: bool) -> RunTrial.Request | None:
-        """Expect the trial's sample and have robot ``robot`` queue the trial: the request it accepted, or
-        None if it refused (:meth:`_collect` ends the expectation either way)."""
-        msg = RunTrial.Request(condition=request.condition, trial_id=request.trial_id, seed=request.seed,
-                               policy_kind=request.policy_kind, add_noise=request.add_noise,
-                               controller_id=request.controller_id, run_token=self.params.run_token)
+    def _request(self, robot: int, request: TrialRequest) -> RunTrial.Request:
+        """The RunTrial request of a trial, its sample expected from robot ``robot`` from now on."""
         with self._cv:
             self._samples[request.trial_id] = None
             self._awaited_on[request.trial_id] = robot
+        return RunTrial.Request(condition=request.condition, trial_id=request.trial_id, seed=request.seed,
+                                policy_kind=request.policy_kind, add_noise=request.add_noise,
+                                controller_id=request.controller_id, run_token=self.params.run_token)
+
+    def _put(self, robot: int, request: TrialRequest, give_up_if_absent: bool) -> RunTrial.Request | None:
+        """Have robot ``robot`` queue the trial, asking until it accepts: the request it accepted, or None if
+        it kept refusing (:meth:`_collect` ends the expectation of the sample either way)."""
+        msg = self._request(robot, request)
         try:
             return msg if self._until_accepted(self._trial_clients[robot], msg, give_up_if_absent) else None
         except BaseException:
             self._forget(request.trial_id)
             raise
+
+    def _put_ahead(self, robot: int, request: TrialRequest) -> RunTrial.Request | None:
+        """One try to queue a trial behind the one running (no retry, no waiting: a refusal, e.g. a full
+        queue or a controller not there yet, leaves it to :meth:`_put` in its turn); None if not queued."""
+        msg = self._request(robot, request)
+        try:
+            response = self._call(self._trial_clients[robot], msg, min(10.0, self.params.requery_after))
+        except BaseException:
+            self._forget(request.trial_id)
+            raise
+        if response is not None and response.accepted:
+            return msg
+        self._forget(request.trial_id)
+        return None
 
     def _forget(self, trial_id: int) -> None:
         with self._cv:
@@ -391,18 +412,19 @@ class GraphTransport:
         """One robot: the requests in order, each put to the sampler while the one before runs, so the
         sampler starts it as soon as it has published the last (no round trip between two trials)."""
         out: list[Any] = []
-        asked: dict[int, RunTrial.Request | None] = {}
+        ahead: dict[int, RunTrial.Request | None] = {}
         try:
             for j, request in enumerate(requests):
-                if j not in asked:
-                    asked[j] = self._put(0, request, False)
-                if j + 1 < len(requests):
-                    asked[j + 1] = self._put(0, requests[j + 1], False)
-                out.append(self._collect(0, request, asked.pop(j), False))
+                accepted = ahead.pop(j, None)
+                if accepted is None:  # not put ahead, or refused then: asked now until accepted
+                    accepted = self._put(0, request, False)
+                if accepted is not None and j + 1 < len(requests):
+                    ahead[j + 1] = self._put_ahead(0, requests[j + 1])
+                out.append(self._collect(0, request, accepted, False))
                 if on_result is not None:
                     on_result(j, out[-1])
         finally:
-            for j in asked:  # left by an error or a shutdown: no sample is expected any more
+            for j in ahead:  # left by an error or a shutdown: no sample is expected any more
                 self._forget(requests[j].trial_id)
         return out
 
