@@ -10,9 +10,10 @@ that module). Relative names, so a namespace moves them all:
   (TrajectorySample at trial end) and ``/diagnostics``; calls ``reset_sim`` (ResetSim) before a trial.
 
 With ``sim_in_process`` (``ros.sim_link: in_process``) the sampler is its own lockstep simulation
-(:class:`mbpl_ros.sim_node.InProcessSim`): it publishes ``joint_states`` instead of subscribing to it,
-steps MuJoCo instead of publishing commands, resets it instead of calling ``reset_sim``, and adds the
-simulation's counters (``sim_*``) to its diagnostics. An unstable simulation aborts the trial (the sim
+(:class:`mbpl_ros.sim_node.Simulation`, stepped as the sim node steps it): it publishes ``joint_states``
+instead of subscribing to it, steps MuJoCo instead of publishing commands, resets it instead of calling
+``reset_sim``, and adds the simulation's counters (``sim_steps``, ``sim_resets``,
+``sim_simulation_errors``) to its diagnostics. An unstable simulation aborts the trial (the sim
 node instead resets and the trial goes on from x_0).
 """
 
@@ -48,7 +49,7 @@ from mbpl_ros.sampler_logic import (
     TrialRequest,
     TrialResult,
 )
-from mbpl_ros.sim_node import COMMAND_QOS, STATE_QOS, InProcessSim, load_env
+from mbpl_ros.sim_node import COMMAND_QOS, STATE_QOS, Simulation, load_env
 from mbpl_sim.env import SimulationError
 from mbpl_sim.experiment import load_experiment
 
@@ -96,14 +97,12 @@ class SamplerNode(Node):
         if self.params.reset_service and not self.params.sim_in_process:
             self._reset = self.create_client(ResetSim, self.params.reset_service)
         self.sampler = Sampler(self.params, setup, self)
-        self._sim: InProcessSim | None = None
+        self._sim: Simulation | None = None
         if self.params.sim_in_process:  # the sampler is its own simulator: joint_states out, not in
-            self._sim = InProcessSim(load_env(self.params.config, self.params.condition_set))
-            if set(self._sim.joint_names) != set(setup.joint_names):
+            self._sim = Simulation(load_env(self.params.config, self.params.condition_set))
+            if self._sim.joint_names != setup.joint_names:  # both are robot.joints, in that order
                 raise ConfigError(f"sampler: the simulation's joints {self._sim.joint_names} are not the "
                                   f"robot's {setup.joint_names}")
-            self._sim_order = np.array([self._sim.joint_names.index(n) for n in setup.joint_names])
-            self._to_sim = np.argsort(self._sim_order)  # setup's joint order → the simulation's
             self._state_pub = self.create_publisher(JointState, "joint_states", STATE_QOS)
         else:
             state_qos = REALTIME_STATE_QOS if self.sampler.realtime else STATE_QOS
@@ -193,7 +192,7 @@ class SamplerNode(Node):
         next state is the sampler's next reading; TrialAbortError if the physics went unstable)."""
         if self._sim is not None:
             try:
-                self._deliver(*self._sim.step(u[self._to_sim]), u)
+                self._deliver(*self._sim.step(u), u)
             except SimulationError as err:
                 self.get_logger().error(f"{err}; reset to condition {self._sim.condition}")
                 raise TrialAbortError(f"simulation error: {err}") from err
@@ -215,8 +214,7 @@ class SamplerNode(Node):
         self._sample_pub.publish(msg)
 
     def _deliver(self, q: np.ndarray, qd: np.ndarray, stamp: float, effort: np.ndarray) -> None:
-        """sim_in_process: a state of the simulation (its joint order) to the sampler and joint_states."""
-        q, qd = q[self._sim_order], qd[self._sim_order]
+        """sim_in_process: a state of the simulation to the sampler and joint_states."""
         time_msg = conversions.seconds_to_time(stamp)
         if self.context.ok():
             self._state_pub.publish(conversions.arrays_to_joint_state(self.joint_order.joint_names, q, qd,
@@ -257,7 +255,9 @@ class SamplerNode(Node):
     def _publish_diagnostics(self) -> None:
         ok, message, values = self.sampler.diagnostics()
         if self._sim is not None:
-            values = values | {f"sim_{k}": str(v) for k, v in vars(self._sim.counters).items()}
+            c = self._sim.counters
+            values = values | {"sim_steps": str(c.steps), "sim_resets": str(c.resets),
+                               "sim_simulation_errors": str(c.simulation_errors)}
         status = DiagnosticStatus(name=f"mbpl_sampler: {self.get_fully_qualified_name()}",
                                   hardware_id="mbpl_sampler", message=message,
                                   level=DiagnosticStatus.OK if ok else DiagnosticStatus.WARN)

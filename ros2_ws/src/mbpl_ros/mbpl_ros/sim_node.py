@@ -118,22 +118,23 @@ def load_env(config_path: str, condition_set: str = "train") -> MujocoEnv:
     return MujocoEnv(load_experiment(config_path), condition_set=condition_set)
 
 
-class InProcessSim:
-    """The sim node's lockstep semantics without the node: for a sampler that steps MuJoCo itself
-    (``sim_in_process``). Efforts are clipped to the effort limits, one :meth:`step` is one control period,
-    states are stamped with sim time monotonic across resets (as the sim node's joint_states), and an
-    unstable simulation is reset to its condition before :class:`SimulationError` propagates."""
+class Simulation:
+    """MuJoCo stepped as the sim node steps it, for the sim node and for a sampler that steps MuJoCo itself
+    (``sim_in_process``): one :meth:`step` is one control period (efforts clipped to the effort limits by
+    the env), states are stamped with sim time monotonic across resets, and an unstable simulation is reset
+    to its condition before :class:`SimulationError` propagates. ``counters``: steps, resets, simulation
+    errors (the sim node adds its own commands and timing to the same record)."""
 
     def __init__(self, env: MujocoEnv) -> None:
         self.env = env
         self.joint_names = tuple(env.joint_names)
-        self.effort_limits = np.asarray(env.effort_limits, dtype=np.float64)
         self.condition = 0
         self._time_offset = 0.0
         self.counters = SimCounters()
 
     @property
     def sim_time(self) -> float:
+        """Seconds simulated since the start: monotonic across resets, unlike env.time."""
         return self._time_offset + float(self.env.time)
 
     def reading(self) -> tuple[np.ndarray, np.ndarray, float]:
@@ -142,17 +143,17 @@ class InProcessSim:
 
     def reset(self, condition: int) -> tuple[np.ndarray, np.ndarray, float]:
         """x_0 of a condition (ConfigError if out of range), as :meth:`reading`."""
-        self._time_offset += float(self.env.time)  # sim time must never run backwards
+        self._time_offset += float(self.env.time)  # sim time (and /clock) must never run backwards
         self.env.reset(condition)
         self.condition = condition
         self.counters.resets += 1
         return self.reading()
 
     def step(self, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """One control period with effort u (dU,) clipped to the limits, as :meth:`reading`."""
-        self.counters.commands_received += 1
+        """One control period with effort u (dU,), as :meth:`reading`; the state vector is the sampler's
+        to compute."""
         try:
-            self.env.advance(u)  # clipped to the effort limits, as the sim node's commands
+            self.env.advance(u)
         except SimulationError:
             self.counters.simulation_errors += 1
             self.reset(self.condition)
@@ -173,16 +174,15 @@ class SimNode(Node):
                 f"sim node: initial_condition {self.params.initial_condition} is out of range: "
                 f"the experiment has {self.env.num_conditions} conditions"
             )
+        self.sim = Simulation(self.env)
         self.joint_names = list(self.env.joint_names)
         self.dU = len(self.joint_names)
         self.effort_limits = np.asarray(self.env.effort_limits, dtype=np.float64)
-        self.counters = SimCounters()
+        self.counters = self.sim.counters
         self._lock = threading.Lock()
         self._held = np.zeros(self.dU)
         self._last_command_ns = time.monotonic_ns()
         self._stop = threading.Event()
-        self._condition = 0
-        self._time_offset = 0.0
         self.context.on_shutdown(self._stop.set)
         self._state_pub = self.create_publisher(JointState, "joint_states", STATE_QOS)
         self._clock_pub = self.create_publisher(Clock, "/clock", 10) if self._publishes_clock else None
@@ -231,34 +231,25 @@ class SimNode(Node):
     def _step_and_publish(self, u: np.ndarray) -> None:
         """One control period with effort u (dU,), then publish; an unstable simulation is reset."""
         try:
-            self.env.advance(u)  # the state vector is the sampler's to compute
-        except SimulationError as err:
-            self.counters.simulation_errors += 1
-            self.get_logger().error(f"{err}; resetting to condition {self._condition}")
-            self._reset(self._condition)
+            self.sim.step(u)
+        except SimulationError as err:  # the simulation is back at its condition's initial state
+            self.get_logger().error(f"{err}; reset to condition {self.sim.condition}")
+            self._held = np.zeros(self.dU)
+            self._publish_state(self._held)
             return
-        self.counters.steps += 1
         self._publish_state(u)
 
     # -- state -------------------------------------------------------------------------------------
-    @property
-    def sim_time(self) -> float:
-        """Seconds simulated since the node started: monotonic across resets, unlike env.time."""
-        return self._time_offset + float(self.env.time)
-
     def _publish_state(self, effort: np.ndarray) -> None:
-        stamp = conversions.seconds_to_time(self.sim_time)
+        q, qd, sim_time = self.sim.reading()
+        stamp = conversions.seconds_to_time(sim_time)
         if self._clock_pub is not None and self._clock_pub.get_subscription_count() > 0:
             self._clock_pub.publish(Clock(clock=stamp))  # a message per step costs, so only when read
-        q, qd = self.env.joint_positions(), self.env.joint_velocities()
         self._state_pub.publish(conversions.arrays_to_joint_state(self.joint_names, q, qd, effort, stamp))
 
     def _reset(self, condition: int) -> None:
-        self._time_offset += float(self.env.time)  # /clock must never run backwards
-        self.env.reset(condition)
-        self._condition = condition
+        self.sim.reset(condition)
         self._held = np.zeros(self.dU)
-        self.counters.resets += 1
         self._publish_state(self._held)
 
     def _on_reset(self, request: ResetSim.Request, response: ResetSim.Response) -> ResetSim.Response:
@@ -316,7 +307,7 @@ class SimNode(Node):
         status = DiagnosticStatus(name=f"mbpl_sim: {self.get_fully_qualified_name()}", hardware_id="mujoco")
         with self._lock:
             values = self.counters.as_key_values()
-            sim_time = self.sim_time
+            sim_time = self.sim.sim_time
         troubled = self.counters.commands_rejected or self.counters.deadline_misses
         status.level = DiagnosticStatus.WARN if troubled else DiagnosticStatus.OK
         status.message = f"{self.params.mode}, sim time {sim_time:.3f} s"
