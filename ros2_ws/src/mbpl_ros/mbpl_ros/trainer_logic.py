@@ -218,30 +218,31 @@ class BagWriter:
 
     def __init__(self, store: SampleStore) -> None:
         self.store, self.busy_s = store, 0.0
-        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._written: dict[tuple[int, int], dict[int, tuple[int, bytes]]] = {}
         self._thread = threading.Thread(target=self._write, name="bag-writer", daemon=True)
         self._thread.start()
 
     def put(self, iteration: int, condition: int, index: int, raw: bytes) -> None:
-        self._queue.put((iteration, condition, index, raw, time.time_ns()))
+        stamp = time.time_ns()
+        self._queue.put(lambda: self._record(iteration, condition, index, raw, stamp))
 
     def close_batch(self, iteration: int, condition: int, count: int) -> None:
         """Once the samples put before are written: the batch bag of (iteration, condition)."""
-        self._queue.put((iteration, condition, count))
+        self._queue.put(lambda: self.store.close_batch(iteration, condition, count,
+                                                       written=self._written.pop((iteration, condition), {})))
+
+    def _record(self, iteration: int, condition: int, index: int, raw: bytes, stamp: int) -> None:
+        if self.store.record_trial(iteration, condition, index, raw, stamp):
+            self._written.setdefault((iteration, condition), {})[index] = (stamp, raw)
 
     def _write(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while (job := self._queue.get()) is not None:
             if self._error is None:
                 start = time.perf_counter()
                 try:
-                    if len(item) == 3:
-                        written = self._written.pop(item[:2], {})
-                        self.store.close_batch(*item, written=written)
-                    elif self.store.record_trial(*item):
-                        i, m, index, raw, stamp = item
-                        self._written.setdefault((i, m), {})[index] = (stamp, raw)
+                    job()
                 except BaseException as err:  # noqa: BLE001 - re-raised by close() in the loop's thread
                     self._error = err
                 self.busy_s += time.perf_counter() - start
